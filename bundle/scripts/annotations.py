@@ -1,0 +1,158 @@
+"""QuPath GeoJSON in and out: glomerulus and region polygons, to masks and back.
+
+HuBMAP ships ``<id>.json`` (glomeruli) and ``<id>-anatomical-structure.json`` (Cortex, Medulla, ...)
+as QuPath exports: a list (or a ``FeatureCollection``) of ``Feature`` objects whose ``Polygon`` or
+``MultiPolygon`` coordinates are ``[x, y]`` at level 0 and whose class is
+``properties.classification.name``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from skimage.draw import polygon as fill_polygon
+from skimage.measure import find_contours
+
+from .errors import InputError
+from .files import write_text_atomic
+
+__all__ = ["Annotation", "mask_to_annotations", "rasterize", "read_annotations", "write_annotations"]
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """One polygon with its class.
+
+    Attributes:
+        name: classification name, e.g. ``"glomerulus"`` or ``"Cortex"``.
+        rings: exterior ring first, then holes; each an ``(n, 2)`` float array of ``[x, y]`` at level 0.
+    """
+
+    name: str
+    rings: tuple[np.ndarray, ...]
+
+
+def read_annotations(path: str | os.PathLike) -> list[Annotation]:
+    """Read a QuPath GeoJSON file; a MultiPolygon becomes one :class:`Annotation` per polygon.
+
+    Args:
+        path: the ``.json`` / ``.geojson`` file.
+
+    Returns:
+        The polygons, in file order; features of other geometry types are skipped.
+
+    Raises:
+        InputError: the file is not JSON or not a list of GeoJSON features.
+    """
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"{path}: not a readable GeoJSON file ({error}); export it again from QuPath") from None
+    features = document.get("features") if isinstance(document, dict) else document
+    if not isinstance(features, list):
+        raise InputError(f"{path}: expected a list of GeoJSON features or a FeatureCollection")
+    annotations = []
+    for number, feature in enumerate(features):
+        try:
+            annotations.extend(_feature_annotations(feature))
+        except (AttributeError, KeyError, TypeError, ValueError) as error:
+            raise InputError(f"{path}: feature {number} is not a valid polygon ({error!r})") from None
+    return annotations
+
+
+def _feature_annotations(feature: dict) -> list[Annotation]:
+    geometry = feature.get("geometry") or {}
+    properties = feature.get("properties") or {}
+    name = (properties.get("classification") or {}).get("name") or properties.get("name") or "unclassified"
+    kind = geometry.get("type")
+    if kind == "Polygon":
+        polygons = [geometry["coordinates"]]
+    elif kind == "MultiPolygon":
+        polygons = geometry["coordinates"]
+    else:
+        return []
+    return [
+        Annotation(str(name), tuple(np.asarray(ring, dtype=np.float64).reshape(-1, 2) for ring in rings))
+        for rings in polygons
+        if rings
+    ]
+
+
+def rasterize(
+    annotations: list[Annotation], shape: tuple[int, int], scale: float = 1.0, origin: tuple[int, int] = (0, 0)
+) -> np.ndarray:
+    """Fill polygons into a mask (pixel centres inside the exterior and outside every hole).
+
+    Args:
+        annotations: polygons at level 0.
+        shape: ``(height, width)`` of the mask to fill.
+        scale: mask pixels per level-0 pixel (``1 / downscale``).
+        origin: level-0 ``(y, x)`` of the mask's top-left pixel (to fill one window of a slide).
+
+    Returns:
+        ``uint8`` mask of 0 and 1.
+    """
+    mask = np.zeros(shape, dtype=np.uint8)
+    for annotation in annotations:
+        for index, ring in enumerate(annotation.rings):
+            rows = (ring[:, 1] - origin[0]) * scale - 0.5 * (1 - scale)
+            cols = (ring[:, 0] - origin[1]) * scale - 0.5 * (1 - scale)
+            rr, cc = fill_polygon(rows, cols, shape=shape)
+            mask[rr, cc] = 1 if index == 0 else 0
+    return mask
+
+
+def mask_to_annotations(mask: np.ndarray, name: str = "glomerulus", scale: float = 1.0,
+                        origin: tuple[float, float] = (0.0, 0.0), min_area: float = 0.0) -> list[Annotation]:
+    """Trace the outlines of a binary mask as polygons.
+
+    Args:
+        mask: ``(height, width)`` binary mask.
+        name: classification of every polygon.
+        scale: level-0 pixels per mask pixel (the downscale of the mask).
+        origin: level-0 ``(y, x)`` of the mask's top-left pixel.
+        min_area: drop polygons smaller than this many level-0 pixels.
+
+    Returns:
+        One annotation per outer contour, coordinates ``[x, y]`` at level 0.
+    """
+    annotations = []
+    for contour in find_contours(np.pad(mask.astype(np.float32), 1), 0.5):
+        yx = (contour - 0.5) * scale - 0.5 + np.asarray(origin)  # padded mask index -> level-0 pixel index
+        ring = np.round(yx[:, ::-1], 1)
+        # shoelace area in (x, y): positive around objects, negative around holes (find_contours' order)
+        area = 0.5 * (np.dot(ring[:, 0], np.roll(ring[:, 1], -1)) - np.dot(ring[:, 1], np.roll(ring[:, 0], -1)))
+        if area > 0 and area >= min_area:
+            annotations.append(Annotation(name, (ring,)))
+    return annotations
+
+
+def write_annotations(path: str | os.PathLike, annotations: list[Annotation]) -> Path:
+    """Write polygons as a QuPath-compatible GeoJSON feature list, atomically.
+
+    Args:
+        path: output file.
+        annotations: polygons at level 0.
+
+    Returns:
+        The path written.
+    """
+    features = [
+        {
+            "type": "Feature",
+            "id": "PathAnnotationObject",
+            "geometry": {"type": "Polygon", "coordinates": [_closed(ring).tolist() for ring in a.rings]},
+            "properties": {"classification": {"name": a.name}, "isLocked": False, "measurements": []},
+        }
+        for a in annotations
+    ]
+    return write_text_atomic(path, json.dumps(features))
+
+
+def _closed(ring: np.ndarray) -> np.ndarray:
+    return ring if len(ring) and np.array_equal(ring[0], ring[-1]) else np.vstack([ring, ring[:1]])

@@ -1,0 +1,118 @@
+"""MONAI whole-slide datasets for this bundle: regions that may cross the slide edge, and
+training patches whose centres are drawn afresh on every visit.
+
+Both read through MONAI's ``PatchWSIDataset`` and ``WSIReader`` with the cuCIM backend, at the
+pyramid level of the working resolution. Datalist items come from :mod:`scripts.sampling` and
+:mod:`scripts.wsi_inference`: MONAI's ``location`` (level-0 ``(row, col)`` of the top-left pixel),
+``size`` (at the working level) and ``level`` (the working level).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import zarr
+from monai.data import PatchWSIDataset
+from monai.transforms import Randomizable
+
+__all__ = ["ImportancePatchDataset", "SlideRegionDataset"]
+
+META_KEYS = ("slide_id", "store", "downscale", "shape")
+
+
+class SlideRegionDataset(PatchWSIDataset):
+    """``PatchWSIDataset`` whose regions may reach past the slide: the outside mirrors the inside.
+
+    cuCIM fills out-of-slide pixels with black, which no real slide shows: windows at the slide
+    border would see a black (or, filled with a constant, a flat) frame that the network never
+    met in training and that shifts its predictions inside the slide. Mirroring the slide's own
+    border keeps the texture the network knows.
+
+    Args:
+        data: datalist items with ``image``, ``location``, ``size``, ``level`` and
+            the keys in ``META_KEYS`` (copied into the image metadata for later transforms).
+        transform: transforms applied to ``{"image": MetaTensor}``.
+        additional_meta_keys: further item keys to copy into the metadata.
+        reader: WSIReader backend.
+    """
+
+    def __init__(
+        self,
+        data: Sequence[dict],
+        transform: Callable | None = None,
+        additional_meta_keys: Sequence[str] = (),
+        reader: str = "cuCIM",
+        **kwargs,
+    ) -> None:
+        super().__init__(
+            data, patch_size=None, patch_level=None, transform=transform, include_label=False,
+            center_location=False, additional_meta_keys=[*META_KEYS, *additional_meta_keys], reader=reader, **kwargs,
+        )
+
+    def _get_data(self, sample: dict):
+        image, metadata = super()._get_data(sample)
+        downscale = sample["downscale"]
+        top, left = (int(v) // downscale for v in metadata["location"])
+        rows, cols = (-(-int(v) // downscale) for v in sample["shape"])  # the slide at the working level
+        r0, c0 = max(-top, 0), max(-left, 0)
+        r1, c1 = min(rows - top, image.shape[1]), min(cols - left, image.shape[2])
+        if (r0, c0, r1, c1) == (0, 0, *image.shape[1:]):
+            return image, metadata
+        if r1 <= r0 or c1 <= c0:  # wholly outside: plain glass
+            return np.full_like(image, 255), metadata
+        inside = np.asarray(image)[:, r0:r1, c0:c1]
+        widths = ((0, 0), (r0, image.shape[1] - r1), (c0, image.shape[2] - c1))
+        return np.pad(inside, widths, mode="symmetric"), metadata
+
+
+class ImportancePatchDataset(Randomizable, SlideRegionDataset):
+    """Training patches: one item per sampling unit, its centre drawn again at every visit.
+
+    A ``glomerulus`` unit gets a centre uniform in its ``bbox`` (level-0 ``[y0, x0, y1, x1]``), a
+    ``tissue`` unit one uniform over the slide's tissue mask, an ``anywhere`` unit one uniform over
+    the whole slide. The draw uses
+    this dataset's random state, which MONAI's ``DataLoader`` reseeds per worker and per epoch,
+    so every epoch sees new patches and a seeded run repeats exactly.
+
+    Args:
+        data: sampling units (see :func:`scripts.sampling.sampling_units`).
+        patch_size: patch side at the working resolution.
+        transform: transforms applied to ``{"image": MetaTensor}``.
+        seed: initial random state (the DataLoader replaces it in workers).
+        reader: WSIReader backend.
+    """
+
+    def __init__(self, data: Sequence[dict], patch_size: int, transform: Callable | None = None, seed: int = 0,
+                 reader: str = "cuCIM", **kwargs) -> None:
+        super().__init__(data, transform=transform, reader=reader, **kwargs)
+        self.patch_side = patch_size
+        self._tissue: dict[str, tuple[np.ndarray, int]] = {}
+        self.set_random_state(seed)
+
+    def randomize(self, data: dict) -> tuple[int, int]:
+        """Draw a level-0 patch centre ``(row, col)`` for a sampling unit."""
+        if data["region"] == "glomerulus":
+            y0, x0, y1, x1 = data["bbox"]
+            return int(self.R.randint(y0, max(y1, y0 + 1))), int(self.R.randint(x0, max(x1, x0 + 1)))
+        points, downsample = self._tissue_points(data["store"])
+        if data["region"] == "anywhere" or not len(points):
+            return int(self.R.randint(0, data["shape"][0])), int(self.R.randint(0, data["shape"][1]))
+        row, col = points[self.R.randint(len(points))]
+        return int((row + self.R.rand()) * downsample), int((col + self.R.rand()) * downsample)
+
+    def _tissue_points(self, store: str) -> tuple[np.ndarray, int]:
+        if store not in self._tissue:
+            group = zarr.open_group(store, mode="r")
+            self._tissue[store] = (np.argwhere(group["tissue"][:] > 0), int(group.attrs["tissue_downsample"]))
+        return self._tissue[store]
+
+    def _get_location(self, sample: dict) -> tuple[int, int]:
+        centre = self.randomize(sample)
+        half = self.patch_side * sample["downscale"] // 2
+        # a multiple of the downscale maps exactly onto the working level in cuCIM
+        return tuple((c - half) // sample["downscale"] * sample["downscale"] for c in centre)
+
+    def _get_size(self, sample: dict) -> tuple[int, int]:
+        return self.patch_side, self.patch_side
+

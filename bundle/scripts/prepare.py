@@ -1,0 +1,177 @@
+"""The per-slide zarr store: label mask at the working resolution, tissue mask, glomerulus boxes.
+
+Built once per slide, streaming (the level-0 mask is decoded from RLE one band of columns at a
+time), and reused while its inputs are unchanged: the store records a fingerprint of the slide
+file (path, size, modification time), the RLE, the downscale and the tissue settings, and is
+rebuilt when any of them changes. Stores are written to a temporary folder and renamed, so a
+killed run never leaves a store that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+from scipy import ndimage
+
+from .pyramid import level_shape, pool_mask
+from .rle import decode_columns, parse_rle
+from .slides import ensure_readable, inspect_slide, read_thumbnail, working_level
+from .tissue import tissue_mask
+
+__all__ = ["PreparedSlide", "prepare_slide", "read_window"]
+
+logger = logging.getLogger(__name__)
+
+STORE_VERSION = 1
+CHUNK = 1024  # working-resolution pixels per chunk side
+BOX_POOL = 4  # glomerulus boxes are found at working resolution / BOX_POOL (bounded memory)
+
+
+@dataclass(frozen=True)
+class PreparedSlide:
+    """A slide ready for training or inference; plain values, so it travels in MONAI datalists.
+
+    Attributes:
+        slide_id: the HuBMAP id.
+        image: a TIFF cuCIM can read (the slide itself or its canonical copy).
+        shape: level-0 ``[height, width]``.
+        level: the pyramid level at the working resolution.
+        downscale: level-0 pixels per working pixel.
+        store: the zarr store of this slide.
+        has_label: whether the store holds a ``label`` array.
+    """
+
+    slide_id: str
+    image: str
+    shape: tuple[int, int]
+    level: int
+    downscale: int
+    store: str
+    has_label: bool
+
+    def as_dict(self) -> dict:
+        """The fields as a plain dict (for datalist items)."""
+        return asdict(self)
+
+
+def prepare_slide(
+    slide_id: str,
+    image_path: str | os.PathLike,
+    cache_dir: str | os.PathLike,
+    downscale: int,
+    rle: str | None = None,
+    tissue_options: dict | None = None,
+) -> PreparedSlide:
+    """Make a slide cuCIM-readable and build (or reuse) its zarr store.
+
+    Args:
+        slide_id: the id (already checked to be a safe file name).
+        image_path: the slide TIFF.
+        cache_dir: folder for canonical slide copies (``slides/``) and stores (``stores/``).
+        downscale: working resolution, a power of two.
+        rle: the slide's mask as Kaggle RLE, or None when unlabelled.
+        tissue_options: keyword arguments of :func:`scripts.tissue.tissue_mask`.
+
+    Returns:
+        The prepared slide.
+
+    Raises:
+        SlideError: the image cannot be read; RleError: the RLE does not fit the image.
+    """
+    cache_dir = Path(cache_dir)
+    image = ensure_readable(image_path, cache_dir / "slides", downscale)
+    layout = inspect_slide(image, downscale)
+    tissue_options = dict(tissue_options or {})
+    stat = Path(image_path).stat()
+    fingerprint = hashlib.sha1(
+        json.dumps([str(Path(image_path).resolve()), stat.st_size, stat.st_mtime_ns, downscale, tissue_options,
+                    hashlib.sha1((rle or "").encode()).hexdigest(), rle is None, STORE_VERSION]).encode()
+    ).hexdigest()
+    store = cache_dir / "stores" / f"{slide_id}.zarr"
+    if _fingerprint(store) != fingerprint:
+        logger.info("preparing %s (label, tissue and glomerulus boxes at 1/%d)", slide_id, downscale)
+        _build_store(store, fingerprint, slide_id, image, layout.shape, downscale, rle, tissue_options)
+    return PreparedSlide(slide_id, str(image), tuple(layout.shape), working_level(layout, downscale), downscale,
+                         str(store), rle is not None)
+
+
+def _fingerprint(store: Path) -> str | None:
+    try:
+        return zarr.open_group(store, mode="r").attrs.get("fingerprint")
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError):
+        return None
+
+
+def _build_store(store: Path, fingerprint: str, slide_id: str, image: Path, shape: tuple[int, int],
+                 downscale: int, rle: str | None, tissue_options: dict) -> None:
+    """Write the store under a temporary name, then swap it in."""
+    tmp = store.with_name(f".{store.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    group = zarr.open_group(tmp, mode="w")
+    thumbnail, tissue_downsample = read_thumbnail(image)
+    group.create_array("tissue", data=tissue_mask(thumbnail, **tissue_options).astype(np.uint8), chunks=(CHUNK, CHUNK))
+    boxes = _write_label(group, slide_id, shape, downscale, rle) if rle is not None else []
+    group.attrs.update({
+        "slide_id": slide_id, "shape": list(shape), "downscale": downscale,
+        "tissue_downsample": tissue_downsample, "glomeruli": boxes, "fingerprint": fingerprint,
+    })
+    shutil.rmtree(store, ignore_errors=True)
+    os.replace(tmp, store)
+
+
+def _write_label(group: zarr.Group, slide_id: str, shape: tuple[int, int], downscale: int, rle: str) -> list:
+    """Decode the RLE band by band into ``label`` at the working resolution; return glomerulus boxes.
+
+    A working pixel is foreground when at least half of its level-0 pixels are. Boxes are
+    ``[y0, x0, y1, x1]`` at level 0, found on a further pooled copy so memory stays small.
+    """
+    height, width = shape
+    starts, lengths = parse_rle(rle, height * width, slide_id)
+    work_shape = level_shape(shape, downscale.bit_length() - 1)
+    label = group.create_array("label", shape=work_shape, chunks=(CHUNK, CHUNK), dtype=np.uint8, fill_value=0)
+    pooled = np.zeros(level_shape(work_shape, BOX_POOL.bit_length() - 1), dtype=bool)
+    band_columns = CHUNK * downscale
+    for col in range(0, width, band_columns):
+        band = decode_columns(starts, lengths, height, col, min(col + band_columns, width))
+        work = pool_mask(band, downscale, "mean") >= 0.5
+        label[:, col // downscale : col // downscale + work.shape[1]] = work
+        boxes_band = pool_mask(work, BOX_POOL, "max")
+        pooled_col = col // downscale // BOX_POOL
+        pooled[:, pooled_col : pooled_col + boxes_band.shape[1]] |= boxes_band
+    components, _ = ndimage.label(pooled)
+    scale = downscale * BOX_POOL
+    return [
+        [rows.start * scale, cols.start * scale, min(rows.stop * scale, height), min(cols.stop * scale, width)]
+        for rows, cols in ndimage.find_objects(components)
+    ]
+
+
+def read_window(store: str | os.PathLike, name: str, y0: int, x0: int, height: int, width: int) -> np.ndarray:
+    """Read ``[y0, y0 + height) x [x0, x0 + width)`` of an array in a store; outside it reads as 0.
+
+    Args:
+        store: the zarr store.
+        name: ``"label"`` or ``"tissue"``.
+        y0: top row (may be negative).
+        x0: left column (may be negative).
+        height: rows to read.
+        width: columns to read.
+
+    Returns:
+        ``(height, width)`` array of the array's dtype.
+    """
+    array = zarr.open_array(Path(store) / name, mode="r")
+    window = np.zeros((height, width), dtype=array.dtype)
+    top, left = max(y0, 0), max(x0, 0)
+    bottom, right = min(y0 + height, array.shape[0]), min(x0 + width, array.shape[1])
+    if bottom > top and right > left:
+        window[top - y0 : bottom - y0, left - x0 : right - x0] = array[top:bottom, left:right]
+    return window

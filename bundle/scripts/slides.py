@@ -1,0 +1,249 @@
+"""Looking inside slide TIFFs without trusting them, and making every slide safe for cuCIM.
+
+cuCIM is fast at random tiled reads but rejects or crashes on many real files (zstd, deflate with a
+predictor, stripped layouts, SubIFD pyramids, channel-first or 5-D shapes, RGBA, 16-bit). Every
+slide is therefore inspected with tifffile first; a file cuCIM can read at the working resolution
+as it is passes through untouched, anything else is converted once, streaming, into a canonical
+tiled pyramidal RGB TIFF in a cache folder (see :mod:`scripts.pyramid`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import zarr
+from monai.data import WSIReader
+
+from .errors import SlideError
+from .pyramid import level_shape, num_levels, write_pyramid
+
+__all__ = ["SlideLayout", "ensure_readable", "inspect_slide", "read_thumbnail", "working_level"]
+
+logger = logging.getLogger(__name__)
+
+# Compressions cuCIM decodes on the CPU (measured); anything else goes through conversion.
+CUCIM_COMPRESSIONS = {1: "none", 5: "lzw", 7: "jpeg", 8: "deflate", 32946: "deflate"}
+MAX_PIXELS = 2**34  # about 130000 x 130000: larger headers are corrupt or hostile, not slides
+CANONICAL_VERSION = 1  # bump when the canonical layout changes, so caches are rebuilt
+
+
+@dataclass(frozen=True)
+class SlideLayout:
+    """What a slide file holds, as far as reading it is concerned.
+
+    Attributes:
+        path: the file.
+        shape: level-0 ``(height, width)``.
+        axes: tifffile axes of the first series, e.g. ``"YXS"`` or ``"SYX"``.
+        levels: ``(height, width)`` of each page in the main IFD chain that cuCIM sees as a level.
+        problems: why cuCIM cannot read it as it is at the requested downscale (empty: it can).
+    """
+
+    path: Path
+    shape: tuple[int, int]
+    axes: str
+    levels: tuple[tuple[int, int], ...]
+    problems: tuple[str, ...]
+
+
+def inspect_slide(path: str | os.PathLike, downscale: int = 1) -> SlideLayout:
+    """Read a slide's header with tifffile and list what stops cuCIM from reading it directly.
+
+    Args:
+        path: slide file.
+        downscale: the working resolution; a pyramid level with exactly this reduction is needed.
+
+    Returns:
+        The file's :class:`SlideLayout`.
+
+    Raises:
+        SlideError: the file is missing, empty, not a TIFF, or its header is implausible.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SlideError(f"{path}: slide file not found")
+    if path.stat().st_size == 0:
+        raise SlideError(f"{path}: file is empty; copy the slide again")
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            axes, series_shape, dtype = series.axes, series.shape, series.dtype
+            pages = [p for p in tif.pages if isinstance(p, tifffile.TiffPage)]  # TiffFrames share page 0's layout
+    except Exception as error:  # tifffile raises many types on corrupt headers
+        raise SlideError(f"{path}: not a readable TIFF ({_short(error)}); re-export it as a tiled TIFF") from None
+    if "Y" not in axes or "X" not in axes:
+        raise SlideError(f"{path}: TIFF has no image plane (axes {axes!r}); export the slide as an RGB image")
+    shape = (series_shape[axes.index("Y")], series_shape[axes.index("X")])
+    if shape[0] * shape[1] > MAX_PIXELS or min(shape) < 1:
+        raise SlideError(f"{path}: implausible dimensions {shape[1]} x {shape[0]}; the header is corrupt")
+    levels = tuple(p.shape[:2] for p in pages if _is_rgb_level(p, shape, pages[0]))
+    problems = _problems(pages[0], axes, series_shape, dtype, levels, shape, downscale)
+    return SlideLayout(path, shape, axes, levels, tuple(problems))
+
+
+def _short(error: Exception) -> str:
+    return (str(error).splitlines() or [type(error).__name__])[0][:120]
+
+
+def _is_rgb_level(page, shape: tuple[int, int], first) -> bool:
+    """Pages of the main chain that cuCIM treats as pyramid levels of the first page."""
+    same_kind = page.samplesperpixel == first.samplesperpixel and page.dtype == first.dtype
+    return same_kind and page.shape[0] <= shape[0] and page.shape[1] <= shape[1] and page.is_tiled == first.is_tiled
+
+
+def _problems(page, axes: str, series_shape: tuple, dtype, levels, shape, downscale: int) -> list[str]:
+    """Reasons a file must be converted before cuCIM sees it."""
+    problems = []
+    if axes != "YXS" or series_shape[-1] != 3:
+        problems.append(f"layout {axes} {tuple(series_shape)} is not (H, W, 3)")
+    if dtype != np.uint8:
+        problems.append(f"{dtype} samples, not uint8")
+    if not page.is_tiled:
+        problems.append("stripped, not tiled")
+    if int(page.compression) not in CUCIM_COMPRESSIONS:
+        problems.append(f"{page.compression.name.lower()} compression")
+    if int(getattr(page, "predictor", 1)) != 1:
+        problems.append("compression with a predictor (crashes cuCIM)")
+    if page.planarconfig != 1 and page.samplesperpixel > 1:
+        problems.append("channels stored as separate planes")
+    if page.subifds:
+        problems.append("pyramid stored in SubIFDs (cuCIM sees only level 0)")
+    if level_shape(shape, _log2(downscale)) not in levels:
+        problems.append(f"no pyramid level at downscale {downscale}")
+    return problems
+
+
+def _log2(downscale: int) -> int:
+    if downscale < 1 or downscale & (downscale - 1):
+        raise ValueError(f"downscale must be a power of two (1, 2, 4, ...), got {downscale}")
+    return downscale.bit_length() - 1
+
+
+def working_level(layout: SlideLayout, downscale: int) -> int:
+    """Index of the pyramid level whose shape is ``ceil(shape / downscale)``.
+
+    Args:
+        layout: an inspected slide with no problems at this downscale.
+        downscale: the working resolution, a power of two.
+
+    Returns:
+        The level index to pass to cuCIM.
+    """
+    return layout.levels.index(level_shape(layout.shape, _log2(downscale)))
+
+
+def read_thumbnail(path: str | os.PathLike, max_downsample: int = 32) -> tuple[np.ndarray, int]:
+    """Read a whole low-resolution level of a cuCIM-readable slide through MONAI's ``WSIReader``.
+
+    Args:
+        path: a slide returned by :func:`ensure_readable`.
+        max_downsample: the coarsest power-of-two level at or below this reduction is read.
+
+    Returns:
+        ``((h, w, 3) uint8 image, downsample)``.
+    """
+    layout = inspect_slide(path)
+    downsample, level = 1, 0
+    while downsample * 2 <= max_downsample and level_shape(layout.shape, _log2(downsample * 2)) in layout.levels:
+        downsample *= 2
+        level = layout.levels.index(level_shape(layout.shape, _log2(downsample)))
+    reader = WSIReader(backend="cucim", level=level)
+    image, _ = reader.get_data(reader.read(str(path)), level=level)
+    return np.ascontiguousarray(np.moveaxis(np.asarray(image), 0, -1)), downsample
+
+
+def ensure_readable(path: str | os.PathLike, cache_dir: str | os.PathLike, downscale: int) -> Path:
+    """Return a path cuCIM can read at ``downscale``: the slide itself, or its canonical copy.
+
+    The copy is written once, streaming, to ``cache_dir`` under a name keyed on the source's path,
+    size and modification time, so an edited slide is converted again.
+
+    Args:
+        path: the slide.
+        cache_dir: folder for canonical copies.
+        downscale: the working resolution, a power of two.
+
+    Returns:
+        Path of a tiled pyramidal RGB TIFF with a level at ``downscale``.
+
+    Raises:
+        SlideError: when the file cannot be read or converted.
+    """
+    layout = inspect_slide(path, downscale)
+    if not layout.problems:
+        return layout.path
+    stat = layout.path.stat()
+    key = f"{layout.path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{CANONICAL_VERSION}"
+    target = Path(cache_dir) / f"{layout.path.stem}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.tiff"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        logger.info("converting %s for cuCIM (%s)", layout.path.name, "; ".join(layout.problems))
+        convert_to_canonical(layout, target, downscale)
+    return target
+
+
+def convert_to_canonical(layout: SlideLayout, target: Path, downscale: int = 1) -> Path:
+    """Stream a slide into a tiled pyramidal RGB ``uint8`` TIFF, one band of rows at a time.
+
+    Args:
+        layout: the inspected source.
+        target: output path (written atomically).
+        downscale: the working resolution; the pyramid reaches at least this level, however small the slide.
+
+    Returns:
+        ``target``.
+    """
+    try:
+        with tifffile.TiffFile(layout.path) as tif:
+            source = zarr.open(tif.series[0].aszarr(level=0), mode="r")
+            read_band = _band_reader(source, layout.axes)
+            levels = max(num_levels(layout.shape), _log2(downscale) + 1)
+            return write_pyramid(target, read_band, layout.shape, levels=levels, compression="jpeg", quality=95)
+    except SlideError as error:
+        raise SlideError(f"{layout.path}: {error}") from None
+    except Exception as error:
+        raise SlideError(f"{layout.path}: could not be decoded ({_short(error)}); re-export it as a tiled RGB TIFF") from None
+
+
+def _band_reader(source, axes: str):
+    """A ``read_band(y0, y1) -> (h, W, 3) uint8`` over any tifffile axes order and sample type."""
+    channel_axis = next((axes.index(a) for a in "SC" if a in axes), None)
+    if channel_axis is None:  # e.g. (1, 1, 3, H, W) with generic axes: the small non-spatial axis
+        channel_axis = next((i for i, a in enumerate(axes) if a not in "YX" and source.shape[i] in (3, 4)), None)
+
+    def read_band(y0: int, y1: int) -> np.ndarray:
+        index = tuple(
+            slice(y0, y1) if a == "Y" else slice(None) if a == "X" or i == channel_axis else 0
+            for i, a in enumerate(axes)
+        )
+        kept = [a for i, a in enumerate(axes) if a in "YX" or i == channel_axis]
+        band = np.asarray(source[index])
+        order = [kept.index("Y"), kept.index("X")] + ([kept.index(axes[channel_axis])] if channel_axis is not None else [])
+        band = band.transpose(order)
+        return _to_rgb8(band)
+
+    return read_band
+
+
+def _to_rgb8(band: np.ndarray) -> np.ndarray:
+    """Bring ``(h, w[, c])`` samples of any common type to ``(h, w, 3) uint8``."""
+    if band.ndim == 2:
+        band = band[..., None]
+    if band.shape[2] == 1 or band.shape[2] == 2:
+        band = np.repeat(band[..., :1], 3, axis=2)
+    band = band[..., :3]  # drops alpha
+    if band.dtype == np.uint8:
+        return np.ascontiguousarray(band)
+    if band.dtype == np.uint16:
+        return (band >> 8).astype(np.uint8)
+    if band.dtype == bool:
+        return band.astype(np.uint8) * 255
+    if np.issubdtype(band.dtype, np.floating):
+        return (np.clip(band, 0, 1) * 255 + 0.5).astype(np.uint8)
+    raise SlideError(f"{band.dtype} samples are not supported; export the slide as 8-bit RGB")

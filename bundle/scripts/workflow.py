@@ -1,0 +1,166 @@
+"""What the configs call between MONAI's pieces: finding and preparing the slides of a run.
+
+Every function here turns bad input into one line (``error: ...``) instead of a traceback, and
+a slide that cannot be used is reported and left out rather than stopping the others.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .demo import ensure_demo
+from .errors import DatasetError, InputError
+from .layout import HubmapFolder
+from .prepare import PreparedSlide, prepare_slide
+
+__all__ = [
+    "SlideSet", "check_checkpoint", "evaluation_slides", "inference_slides", "report_training", "training_slides",
+    "user_errors",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def user_errors(function: Callable) -> Callable:
+    """Exit with the one-line message of an :class:`InputError` instead of a traceback."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except InputError as error:
+            raise SystemExit(f"error: {error}") from None
+
+    return wrapper
+
+
+@dataclass
+class SlideSet:
+    """The slides of a run.
+
+    Attributes:
+        prepared: ``{id: PreparedSlide}`` in listing order.
+        failed: ``{id: reason}`` for listed slides that could not be used.
+        truth: ``{id: rle}`` when the slides are labelled.
+    """
+
+    prepared: dict[str, PreparedSlide] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    truth: dict[str, str] | None = None
+
+    @property
+    def slides(self) -> list[PreparedSlide]:
+        """The prepared slides as a list."""
+        return list(self.prepared.values())
+
+
+def open_dataset(dataset_dir: str, demo_dir: str) -> HubmapFolder:
+    """The dataset folder; the built-in demo is generated first when it is the one asked for."""
+    if Path(dataset_dir).resolve() == Path(demo_dir).resolve():
+        ensure_demo(demo_dir)
+    return HubmapFolder(Path(dataset_dir))
+
+
+def _prepare_all(folder: HubmapFolder, listed: dict, cache_dir: str, downscale: int, tissue: dict | None,
+                 labelled: bool) -> SlideSet:
+    """Prepare every listed slide, keeping going past the ones that fail."""
+    result = SlideSet(truth={} if labelled else None)
+    for slide_id, entry in listed.items():
+        image, rle = entry if labelled else (entry, None)
+        try:
+            result.prepared[slide_id] = prepare_slide(slide_id, image, cache_dir, downscale,
+                                                      None if rle is None else rle.value, tissue)
+        except InputError as error:
+            result.failed[slide_id] = str(error)
+            continue
+        if labelled:
+            result.truth[slide_id] = rle.value
+    result.failed.update(folder.problems)
+    for reason in result.failed.values():
+        logger.warning("skipped: %s", reason)
+    return result
+
+
+@user_errors
+def training_slides(dataset_dir: str, demo_dir: str, cache_dir: str, downscale: int,
+                    tissue: dict | None = None) -> SlideSet:
+    """Prepare the labelled slides of ``train.csv``.
+
+    Args:
+        dataset_dir: HuBMAP-layout folder.
+        demo_dir: the built-in demo's folder (generated when ``dataset_dir`` is it).
+        cache_dir: canonical slides and zarr stores.
+        downscale: working resolution.
+        tissue: tissue-mask settings.
+
+    Returns:
+        The slides; at least two, so that one can validate.
+    """
+    folder = open_dataset(dataset_dir, demo_dir)
+    slides = _prepare_all(folder, folder.labelled_slides("train.csv", "train"), cache_dir, downscale, tissue, True)
+    if len(slides.prepared) < 2:
+        raise DatasetError(f"{folder.root}: {len(slides.prepared)} usable training slide(s); at least 2 are "
+                           "needed (training and validation are split by slide)")
+    return slides
+
+
+@user_errors
+def inference_slides(dataset_dir: str, demo_dir: str, cache_dir: str, downscale: int,
+                     tissue: dict | None = None) -> SlideSet:
+    """Prepare the slides to segment (``sample_submission.csv``, else ``test/*.tiff``)."""
+    folder = open_dataset(dataset_dir, demo_dir)
+    slides = _prepare_all(folder, folder.test_slides(), cache_dir, downscale, tissue, False)
+    if not slides.prepared and not slides.failed:
+        raise DatasetError(f"{folder.root}: no slides to segment; put them in test/<id>.tiff")
+    return slides
+
+
+@user_errors
+def evaluation_slides(dataset_dir: str, demo_dir: str, cache_dir: str, downscale: int, split: str = "test",
+                      tissue: dict | None = None) -> SlideSet:
+    """Prepare labelled slides to score: ``solution.csv`` with ``test/`` or ``train.csv`` with ``train/``."""
+    if split not in ("test", "train"):
+        raise DatasetError(f"eval_split must be 'test' (solution.csv) or 'train' (train.csv), got {split!r}")
+    folder = open_dataset(dataset_dir, demo_dir)
+    csv_name = "solution.csv" if split == "test" else "train.csv"
+    slides = _prepare_all(folder, folder.labelled_slides(csv_name, split), cache_dir, downscale, tissue, True)
+    if not slides.prepared:
+        raise DatasetError(f"{folder.root / csv_name}: no usable labelled slides to evaluate")
+    return slides
+
+
+@user_errors
+def check_checkpoint(ckpt_path: str) -> str:
+    """Fail with one line when the checkpoint to load is missing.
+
+    Args:
+        ckpt_path: the ``model.pt`` to load.
+
+    Returns:
+        ``ckpt_path``.
+    """
+    if not Path(ckpt_path).is_file():
+        raise InputError(
+            f"checkpoint {ckpt_path} not found: train first (python -m monai.bundle run training --config_file "
+            "bundle/configs/train.yaml) or pass --ckpt_path"
+        )
+    return ckpt_path
+
+
+def report_training(validator, ckpt_dir: str) -> None:
+    """Print the best validation Dice and where the model was saved.
+
+    Args:
+        validator: the validation evaluator (its state holds the best metric).
+        ckpt_dir: the checkpoint folder.
+    """
+    best, epoch = validator.state.best_metric, validator.state.best_metric_epoch
+    model = Path(ckpt_dir) / "model.pt"
+    if epoch < 0 or not model.is_file():
+        print(f"training ended before any validation; no model saved in {ckpt_dir}")
+        return
+    print(f"best validation Dice {best:.4f} (epoch {epoch}); model saved to {model}")

@@ -1,0 +1,94 @@
+"""The bundle as users run it: ``python -m monai.bundle run ...`` in a subprocess on a tiny demo
+(one short epoch), then inference and evaluation from the checkpoint it saved; and the one-line
+errors a user sees for bad input."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+from conftest import BUNDLE, REPO
+
+from scripts.demo import generate_demo
+from scripts.layout import read_csv_rows
+from scripts.rle import rle_decode
+
+CONFIGS = BUNDLE / "configs"
+FAST = ["--patch_size", "128", "--batch_size", "4", "--block_size", "256", "--block_margin", "32",
+        "--infer_roi", "128", "--num_workers", "0"]
+
+
+def bundle_run(run_id: str, configs: list[str], *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+    config = configs[0] if len(configs) == 1 else "[" + ",".join(f"'{c}'" for c in configs) + "]"
+    command = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", config, *overrides]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if check and result.returncode:
+        pytest.fail(f"{run_id} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny demo and a model trained on it for one short epoch through the CLI."""
+    root = tmp_path_factory.mktemp("bundle")
+    dataset = generate_demo(root / "demo", seed=3, num_train=3, num_test=1, size=(1024, 1280))
+    paths = {"dataset_dir": str(dataset), "cache_dir": str(root / "cache"), "ckpt_dir": str(root / "models")}
+    flags = [item for key, value in paths.items() for item in (f"--{key}", value)]
+    result = bundle_run("training", [str(CONFIGS / "train.yaml")], *flags, *FAST, "--output_dir", str(root / "logs"),
+                        "--max_epochs", "1", "--val_interval", "1", "--random_patches_per_slide", "2")
+    return root, flags, result
+
+
+def test_training_saves_the_best_model_and_logs(trained):
+    root, _, result = trained
+    assert (root / "models" / "model.pt").is_file()
+    assert "best validation Dice" in result.stdout and str(root / "models" / "model.pt") in result.stdout
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(root / "logs"))
+
+
+def test_inference_writes_submission_masks_and_previews(trained):
+    root, flags, _ = trained
+    out = root / "inference"
+    result = bundle_run("inference", [str(CONFIGS / "inference.yaml")], *flags, *FAST, "--output_dir", str(out))
+    with open(root / "demo" / "sample_submission.csv") as handle:
+        expected = [row["id"] for row in csv.DictReader(handle)]
+    rows, problems = read_csv_rows(out / "submission.csv", "predicted")
+    assert [row.slide_id for row in rows] == expected and not problems
+    for row in rows:
+        mask = tifffile.imread(out / "masks" / f"{row.slide_id}.tiff", level=0)
+        assert mask.shape == (1024, 1280)
+        np.testing.assert_array_equal(rle_decode(row.value, mask.shape), mask > 0)
+        assert (out / "previews" / f"{row.slide_id}.png").stat().st_size > 1000
+    assert "submission.csv" in result.stdout
+
+
+def test_evaluation_reports_dice_per_slide_and_mean(trained):
+    root, flags, _ = trained
+    out = root / "evaluation"
+    result = bundle_run("evaluating", [str(CONFIGS / "inference.yaml"), str(CONFIGS / "evaluate.yaml")], *flags,
+                        *FAST, "--output_dir", str(out))
+    with open(out / "metrics.csv") as handle:
+        metrics = {row["id"]: float(row["dice"]) for row in csv.DictReader(handle)}
+    assert len(metrics) == 2 and "mean" in metrics and all(0.0 <= d <= 1.0 for d in metrics.values())
+    assert f"mean {metrics['mean']:.4f}" in result.stdout
+
+
+def test_missing_dataset_dir_is_one_line_without_traceback(tmp_path):
+    result = bundle_run("training", [str(CONFIGS / "train.yaml")], "--dataset_dir", str(tmp_path / "none"),
+                        "--cache_dir", str(tmp_path / "cache"), check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: dataset_dir {tmp_path / 'none'} does not exist")
+
+
+def test_missing_checkpoint_is_one_line_without_traceback(trained, tmp_path):
+    _, flags, _ = trained
+    result = bundle_run("inference", [str(CONFIGS / "inference.yaml")], *flags, "--ckpt_path",
+                        str(tmp_path / "none.pt"), "--output_dir", str(tmp_path / "out"), check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "none.pt not found: train first" in result.stderr.strip().splitlines()[-1]

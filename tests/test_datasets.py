@@ -1,0 +1,89 @@
+"""MONAI whole-slide datasets of the bundle (scripts/datasets.py) with their label transform
+(scripts/transforms.py): patches read by cuCIM from a real TIFF, labels from the zarr store."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import disc_slide, write_slide
+
+from scripts.datasets import ImportancePatchDataset, SlideRegionDataset
+from scripts.prepare import prepare_slide
+from scripts.rle import rle_encode
+from scripts.sampling import sampling_units
+from scripts.transforms import CropMargind, LoadLabelPatchd
+
+
+@pytest.fixture()
+def prepared(tmp_path):
+    image, mask = disc_slide(shape=(800, 1000), discs=((250, 300, 90), (520, 700, 70)))
+    path = write_slide(tmp_path / "s1.tiff", image, compression=None)
+    return prepare_slide("s1", path, tmp_path / "cache", 2, rle_encode(mask)), image, mask
+
+
+def test_glomerulus_patches_hold_their_glomerulus_and_aligned_labels(prepared):
+    slide, image, mask = prepared
+    units = [u for u in sampling_units([slide], 0) if "bbox" in u]
+    dataset = ImportancePatchDataset(units, patch_size=128, transform=LoadLabelPatchd("label"), seed=1)
+    for index in range(len(dataset)):
+        sample = dataset[index]
+        patch, label = sample["image"].numpy(), sample["label"].numpy()[0]
+        assert patch.shape == (3, 128, 128) and label.shape == (128, 128)
+        top, left = (int(v) for v in sample["image"].meta["location"])
+        assert top % 2 == 0 and left % 2 == 0  # multiples of the downscale map exactly onto the level
+        assert label.mean() > 0.05
+        green = patch[1].astype(float)
+        # the label marks the dark purple discs, nothing else: green is low inside, high outside
+        assert green[label > 0].mean() < 90 and green[label == 0].mean() > 120
+
+
+def test_random_patches_are_centred_in_tissue(prepared):
+    slide, _, _ = prepared
+    units = [u for u in sampling_units([slide], 20) if "bbox" not in u]
+    dataset = ImportancePatchDataset(units, patch_size=64, seed=3)
+    for index in range(len(dataset)):
+        top, left = (int(v) for v in dataset[index]["image"].meta["location"])
+        cy, cx = top + 64, left + 64  # level-0 centre of a 64-pixel working patch
+        assert ((cy - 400) / 360) ** 2 + ((cx - 500) / 450) ** 2 < 1.1  # inside the tissue ellipse
+
+
+def test_draws_repeat_under_a_seed_and_change_between_visits(prepared):
+    slide, _, _ = prepared
+    units = sampling_units([slide], 4)
+
+    def locations(dataset):
+        return [tuple(int(v) for v in dataset[i]["image"].meta["location"]) for i in range(len(dataset))]
+
+    first, second = ImportancePatchDataset(units, 64, seed=5), ImportancePatchDataset(units, 64, seed=5)
+    assert locations(first) == locations(second)
+    assert locations(first) != locations(first)  # a second visit draws new centres
+
+
+def test_regions_past_the_slide_edge_mirror_the_slide(prepared):
+    slide, image, _ = prepared
+    item = {**slide.as_dict(), "location": [-40, 1000 - 60], "size": [64, 64]}
+    patch = SlideRegionDataset([item])[0]["image"].numpy()
+    # working rows -20..43 x columns 470..533: rows 0..43 x columns 470..499 are inside the slide
+    inside = patch[:, 20:, :30]
+    expected = image[0:88:2, 940:1000:2].transpose(2, 0, 1).astype(int)
+    assert np.abs(inside.astype(int) - expected).mean() < 12  # level 1 is a 2x2 mean of level 0
+    np.testing.assert_array_equal(patch[:, :20, :30], inside[:, :20][:, ::-1])  # mirrored above
+    np.testing.assert_array_equal(patch[:, :, 30:60], patch[:, :, :30][:, :, ::-1])  # and to the right
+
+
+def test_regions_wholly_outside_read_as_glass(prepared):
+    slide, _, _ = prepared
+    item = {**slide.as_dict(), "location": [-400, -400], "size": [32, 32]}
+    assert (SlideRegionDataset([item])[0]["image"].numpy() == 255).all()
+
+
+def test_crop_margin_keeps_the_block_core():
+    meta = {"margin": 8, "core": [100, 200, 130, 220]}
+    from monai.data import MetaTensor
+
+    image = MetaTensor(torch.zeros(3, 48, 48), meta=meta)
+    pred = torch.arange(48 * 48, dtype=torch.float32).reshape(1, 48, 48)
+    out = CropMargind(["pred", "label"])({"image": image, "pred": pred, "label": None})
+    assert out["pred"].shape == (1, 30, 20) and out["label"] is None
+    assert out["pred"][0, 0, 0] == 8 * 48 + 8

@@ -1,0 +1,95 @@
+"""The per-slide zarr store (scripts/prepare.py): labels at the working resolution from RLE,
+tissue, glomerulus boxes, caching keyed on the inputs, and reading windows."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import zarr
+from conftest import disc_slide, write_slide
+
+from scripts.errors import SlideError
+from scripts.prepare import prepare_slide, read_window
+from scripts.pyramid import pool_mask
+from scripts.rle import RleError, rle_encode
+
+
+@pytest.fixture()
+def slide(tmp_path):
+    image, mask = disc_slide()
+    path = write_slide(tmp_path / "train" / "s1.tiff", image)
+    return path, mask
+
+
+def test_label_is_the_rle_mask_at_the_working_resolution(slide, tmp_path):
+    path, mask = slide
+    prepared = prepare_slide("s1", path, tmp_path / "cache", 2, rle_encode(mask))
+    label = zarr.open_group(prepared.store, mode="r")["label"][:]
+    assert label.shape == (350, 450)
+    np.testing.assert_array_equal(label, pool_mask(mask, 2, "mean") >= 0.5)
+    assert prepared.level == 1 and prepared.shape == (700, 900) and prepared.has_label
+
+
+def test_glomerulus_boxes_cover_each_disc(slide, tmp_path):
+    path, mask = slide
+    prepared = prepare_slide("s1", path, tmp_path / "cache", 2, rle_encode(mask))
+    boxes = sorted(zarr.open_group(prepared.store, mode="r").attrs["glomeruli"])
+    assert len(boxes) == 2
+    for (y0, x0, y1, x1), (cy, cx, radius) in zip(boxes, [(300, 300, 80), (450, 650, 60)]):
+        assert y0 <= cy - radius + 1 and y1 >= cy + radius - 1 and x0 <= cx - radius + 1 and x1 >= cx + radius - 1
+        assert y1 - y0 <= 2 * radius + 16  # pooled at 1/8 of level 0: at most one pooled pixel of slack per side
+
+
+def test_tissue_mask_covers_the_tissue_not_the_glass(slide, tmp_path):
+    path, mask = slide
+    group = zarr.open_group(prepare_slide("s1", path, tmp_path / "cache", 2, rle_encode(mask)).store, mode="r")
+    tissue, downsample = group["tissue"][:].astype(bool), group.attrs["tissue_downsample"]
+    assert tissue[300 // downsample, 300 // downsample] and tissue[350 // downsample, 450 // downsample]
+    assert not tissue[0, 0] and not tissue[-1, -1]
+
+
+def test_store_is_reused_until_an_input_changes(slide, tmp_path):
+    path, mask = slide
+    first = prepare_slide("s1", path, tmp_path / "cache", 2, rle_encode(mask))
+    stamp = os.stat(os.path.join(first.store, "zarr.json")).st_mtime_ns
+    prepare_slide("s1", path, tmp_path / "cache", 2, rle_encode(mask))
+    assert os.stat(os.path.join(first.store, "zarr.json")).st_mtime_ns == stamp
+    mask[:20, :20] = 1  # a changed RLE rebuilds the store
+    rebuilt = prepare_slide("s1", path, tmp_path / "cache", 2, rle_encode(mask))
+    assert zarr.open_group(rebuilt.store, mode="r")["label"][0, 0] == 1
+    os.utime(path, ns=(stamp + 10**9, stamp + 10**9))  # so does a touched slide
+    prepare_slide("s1", path, tmp_path / "cache", 2, rle_encode(mask))
+    assert os.stat(os.path.join(first.store, "zarr.json")).st_mtime_ns != stamp
+    assert not [p for p in os.listdir(tmp_path / "cache" / "stores") if p.startswith(".")]
+
+
+def test_unlabelled_slide_has_tissue_but_no_label(slide, tmp_path):
+    path, _ = slide
+    prepared = prepare_slide("s1", path, tmp_path / "cache", 2)
+    group = zarr.open_group(prepared.store, mode="r")
+    assert not prepared.has_label and "label" not in group and "tissue" in group
+
+
+def test_rle_that_does_not_fit_names_the_slide(slide, tmp_path):
+    path, _ = slide
+    with pytest.raises(RleError, match="s1.*ends past the image"):
+        prepare_slide("s1", path, tmp_path / "cache", 2, f"{700 * 900} 5")
+
+
+def test_unreadable_slide_is_a_slide_error(tmp_path):
+    bad = tmp_path / "bad.tiff"
+    bad.write_text("not a tiff")
+    with pytest.raises(SlideError, match="bad.tiff"):
+        prepare_slide("bad", bad, tmp_path / "cache", 2, "")
+
+
+def test_read_window_pads_outside_the_array_with_zero(slide, tmp_path):
+    path, mask = slide
+    store = prepare_slide("s1", path, tmp_path / "cache", 2, rle_encode(mask)).store
+    label = zarr.open_group(store, mode="r")["label"][:]
+    window = read_window(store, "label", -10, 440, 30, 20)
+    assert window.shape == (30, 20)
+    assert not window[:10].any() and not window[:, 10:].any()
+    np.testing.assert_array_equal(window[10:, :10], label[:20, 440:450])

@@ -1,0 +1,82 @@
+"""Finding and preparing the slides of a run (scripts/workflow.py): bad input is one line, and one
+bad slide never costs the others."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import disc_slide, write_slide
+
+from scripts.outputs import write_csv
+from scripts.rle import rle_encode
+from scripts.workflow import check_checkpoint, evaluation_slides, inference_slides, training_slides
+
+
+def make_dataset(root, bad_rows=()):
+    """Two good training slides, one test slide, and whatever bad rows are asked for."""
+    rows = []
+    for slide_id, seed in (("good1", 1), ("good2", 2)):
+        image, mask = disc_slide(seed=seed)
+        write_slide(root / "train" / f"{slide_id}.tiff", image)
+        rows.append((slide_id, rle_encode(mask)))
+    image, mask = disc_slide(seed=3)
+    write_slide(root / "test" / "t1.tiff", image)
+    write_csv(root / "train.csv", ("id", "encoding"), rows + list(bad_rows))
+    write_csv(root / "solution.csv", ("id", "encoding"), [("t1", rle_encode(mask))])
+    return root
+
+
+def prepare(root, tmp_path, function=training_slides, **kwargs):
+    return function(str(root), str(tmp_path / "no-demo"), str(tmp_path / "cache"), 2, **kwargs)
+
+
+def test_bad_rows_are_reported_and_the_good_slides_prepared(tmp_path):
+    root = make_dataset(tmp_path / "data", bad_rows=[("badrle", "1 2 3"), ("nofile", "1 5"), ("../escape", "1 5"),
+                                                     ("notatiff", "1 5"), ("toolong", "1 999999999")])
+    (root / "train" / "badrle.tiff").write_bytes((root / "train" / "good1.tiff").read_bytes())
+    (root / "train" / "notatiff.tiff").write_text("this is not a TIFF")
+    (root / "train" / "toolong.tiff").write_bytes((root / "train" / "good1.tiff").read_bytes())
+    slides = prepare(root, tmp_path)
+    assert list(slides.prepared) == ["good1", "good2"]
+    reasons = slides.failed
+    assert "odd number of tokens" in reasons["badrle"] and "badrle" in reasons["badrle"]
+    assert "has no image train/nofile.tiff" in reasons["nofile"] and "row 5" in reasons["nofile"]
+    assert "not a plain slide name" in reasons["train.csv row 6"]
+    assert "notatiff.tiff" in reasons["notatiff"] and "not a readable TIFF" in reasons["notatiff"]
+    assert "past the image" in reasons["toolong"]
+    assert all("\n" not in reason for reason in reasons.values())
+    assert set(slides.truth) == {"good1", "good2"}
+
+
+def test_missing_dataset_dir_says_how_to_use_the_demo(tmp_path):
+    with pytest.raises(SystemExit) as error:
+        prepare(tmp_path / "nowhere", tmp_path)
+    message = str(error.value)
+    assert message.startswith("error: dataset_dir") and "demo" in message and "train.csv" in message
+    assert "\n" not in message
+
+
+def test_too_few_usable_training_slides_is_one_line(tmp_path):
+    root = make_dataset(tmp_path / "data")
+    (root / "train" / "good2.tiff").unlink()
+    with pytest.raises(SystemExit, match="1 usable training slide"):
+        prepare(root, tmp_path)
+
+
+def test_inference_lists_sample_submission_and_reports_missing_slides(tmp_path):
+    root = make_dataset(tmp_path / "data")
+    write_csv(root / "sample_submission.csv", ("id", "predicted"), [("t1", ""), ("absent", "")])
+    slides = prepare(root, tmp_path, inference_slides)
+    assert list(slides.prepared) == ["t1"] and "absent" in slides.failed and slides.truth is None
+
+
+def test_evaluation_reads_solution_for_test_and_train_csv_for_train(tmp_path):
+    root = make_dataset(tmp_path / "data")
+    assert list(prepare(root, tmp_path, evaluation_slides, split="test").truth) == ["t1"]
+    assert list(prepare(root, tmp_path, evaluation_slides, split="train").truth) == ["good1", "good2"]
+    with pytest.raises(SystemExit, match="eval_split"):
+        prepare(root, tmp_path, evaluation_slides, split="validation")
+
+
+def test_missing_checkpoint_is_one_line(tmp_path):
+    with pytest.raises(SystemExit, match="checkpoint .*model.pt not found: train first"):
+        check_checkpoint(str(tmp_path / "model.pt"))
