@@ -9,8 +9,13 @@ import json
 import numpy as np
 import pytest
 from conftest import shared_path
-
-from scripts.annotations import Annotation, mask_to_annotations, rasterize, read_annotations, write_annotations
+from scripts.annotations import (
+    Annotation,
+    mask_to_annotations,
+    rasterize,
+    read_annotations,
+    write_annotations,
+)
 from scripts.errors import InputError
 from scripts.metrics import dice_score
 from scripts.pyramid import pool_mask

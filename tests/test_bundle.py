@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import tifffile
 from conftest import BUNDLE, REPO
-
 from scripts.demo import generate_demo
 from scripts.layout import read_csv_rows
 from scripts.rle import rle_decode

@@ -10,7 +10,6 @@ import pytest
 import torch
 from conftest import BUNDLE, REPO, shared_path
 from monai.bundle import ConfigParser, ConfigWorkflow
-
 from scripts.demo import generate_demo
 
 CONFIGS = BUNDLE / "configs"

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 from conftest import disc_slide, write_slide
-
 from scripts.datasets import ImportancePatchDataset, SlideRegionDataset
 from scripts.prepare import prepare_slide
 from scripts.rle import rle_encode

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 from ignite.engine import Engine, Events
-
 from scripts.handlers import TrainingTimeLimit
 
 

@@ -4,7 +4,6 @@ two-column CSV files with bad rows set aside, and finding train and test slides.
 from __future__ import annotations
 
 import pytest
-
 from scripts.errors import DatasetError
 from scripts.layout import HubmapFolder, check_slide_id, is_safe_id, read_csv_rows
 

@@ -10,8 +10,13 @@ import pytest
 import torch
 from ignite.engine import Engine
 from monai.data import MetaTensor
-
-from scripts.metrics import DiceCounts, SlideDice, blocks_from_output, dice_score, mean_dice
+from scripts.metrics import (
+    DiceCounts,
+    SlideDice,
+    blocks_from_output,
+    dice_score,
+    mean_dice,
+)
 
 
 def masks(prediction_rows, truth_rows):

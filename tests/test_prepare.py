@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import zarr
 from conftest import disc_slide, write_slide
-
 from scripts.errors import SlideError
 from scripts.prepare import prepare_slide, read_window
 from scripts.pyramid import pool_mask

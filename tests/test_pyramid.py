@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tifffile
-
 from scripts.pyramid import level_shape, num_levels, pool_mask, reduce2x, write_pyramid
 
 

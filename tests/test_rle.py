@@ -5,9 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from scripts.errors import InputError
-from scripts.rle import ColumnRunEncoder, RleError, decode_columns, parse_rle, rle_decode, rle_encode
+from scripts.rle import (
+    ColumnRunEncoder,
+    RleError,
+    decode_columns,
+    parse_rle,
+    rle_decode,
+    rle_encode,
+)
 
 
 def random_mask(rng, shape, density=0.3, blocky=True):

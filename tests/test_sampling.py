@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from conftest import disc_slide, write_slide
-
 from scripts.prepare import prepare_slide
 from scripts.rle import rle_encode
 from scripts.sampling import sampling_units, split_slides

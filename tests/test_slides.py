@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import tifffile
 from conftest import write_slide
-
 from scripts import slides as slides_module
 from scripts.errors import SlideError
 from scripts.pyramid import level_shape, reduce2x, write_pyramid

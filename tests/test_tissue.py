@@ -4,9 +4,7 @@ specks dropped, holes filled, and a real PAS tile."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from conftest import shared_path
-
 from scripts.pyramid import reduce2x
 from scripts.tissue import saturation, tissue_mask
 

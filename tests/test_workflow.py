@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import pytest
 from conftest import disc_slide, write_slide
-
-from scripts.outputs import write_csv
+from scripts.files import write_csv
 from scripts.rle import rle_encode
-from scripts.workflow import check_checkpoint, evaluation_slides, inference_slides, training_slides
+from scripts.workflow import (
+    check_checkpoint,
+    evaluation_slides,
+    inference_slides,
+    training_slides,
+)
 
 
 def make_dataset(root, bad_rows=()):

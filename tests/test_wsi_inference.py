@@ -17,12 +17,15 @@ from conftest import disc_slide, write_slide
 from monai.engines import SupervisedEvaluator
 from monai.inferers import SlidingWindowInferer
 from monai.transforms import Activationsd, Compose, ScaleIntensityRanged
-
 from scripts.datasets import SlideRegionDataset
 from scripts.prepare import prepare_slide
 from scripts.rle import rle_decode, rle_encode
 from scripts.transforms import CropMargind
-from scripts.wsi_inference import SlidePredictionWriter, _upsample_threshold, block_datalist
+from scripts.wsi_inference import (
+    SlidePredictionWriter,
+    _upsample_threshold,
+    block_datalist,
+)
 
 DISCS = ((260, 300, 90), (600, 700, 70), (700, 300, 100))
 

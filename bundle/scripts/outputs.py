@@ -4,10 +4,8 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import imagecodecs
@@ -15,28 +13,10 @@ import numpy as np
 import zarr
 from scipy import ndimage
 
-from .files import atomic_path, write_text_atomic
+from .files import atomic_path, write_csv
 from .pyramid import write_pyramid
 
-__all__ = ["outline_overlay", "write_csv", "write_mask_tiff", "write_png", "write_submission"]
-
-
-def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence]) -> Path:
-    """Write a CSV file atomically.
-
-    Args:
-        path: output file.
-        header: column names.
-        rows: one sequence per row.
-
-    Returns:
-        The path written.
-    """
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return write_text_atomic(path, buffer.getvalue())
+__all__ = ["outline_overlay", "write_mask_tiff", "write_png", "write_submission"]
 
 
 def write_submission(path: str | os.PathLike, predictions: dict[str, str]) -> Path:

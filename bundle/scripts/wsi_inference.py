@@ -25,9 +25,10 @@ import torch.nn.functional as F
 import zarr
 from ignite.engine import Engine, Events
 
+from .files import write_csv
 from .layout import is_safe_id
 from .metrics import DiceCounts, mean_dice
-from .outputs import outline_overlay, write_csv, write_mask_tiff, write_png, write_submission
+from .outputs import outline_overlay, write_mask_tiff, write_png, write_submission
 from .prepare import PreparedSlide
 from .pyramid import level_shape, pool_mask
 from .rle import ColumnRunEncoder, decode_columns, parse_rle
