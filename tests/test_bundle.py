@@ -18,8 +18,7 @@ from scripts.layout import read_csv_rows
 from scripts.rle import rle_decode
 
 CONFIGS = BUNDLE / "configs"
-FAST = ["--patch_size", "128", "--batch_size", "4", "--block_size", "256", "--block_margin", "32",
-        "--infer_roi", "128", "--num_workers", "0"]
+FAST = ["--patch_size", "128", "--batch_size", "4", "--infer_roi", "128", "--num_workers", "0"]
 
 
 def bundle_run(run_id: str, configs: list[str], *overrides: str, check: bool = True) -> subprocess.CompletedProcess:

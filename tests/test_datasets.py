@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from conftest import disc_slide, write_slide
 from scripts.datasets import ImportancePatchDataset, SlideRegionDataset
 from scripts.prepare import prepare_slide
 from scripts.rle import rle_encode
 from scripts.sampling import sampling_units
-from scripts.transforms import CropMargind, LoadLabelPatchd
+from scripts.transforms import LoadLabelPatchd
 
 
 @pytest.fixture()
@@ -75,14 +74,3 @@ def test_regions_wholly_outside_read_as_glass(prepared):
     slide, _, _ = prepared
     item = {**slide.as_dict(), "location": [-400, -400], "size": [32, 32]}
     assert (SlideRegionDataset([item])[0]["image"].numpy() == 255).all()
-
-
-def test_crop_margin_keeps_the_block_core():
-    meta = {"margin": 8, "core": [100, 200, 130, 220]}
-    from monai.data import MetaTensor
-
-    image = MetaTensor(torch.zeros(3, 48, 48), meta=meta)
-    pred = torch.arange(48 * 48, dtype=torch.float32).reshape(1, 48, 48)
-    out = CropMargind(["pred", "label"])({"image": image, "pred": pred, "label": None})
-    assert out["pred"].shape == (1, 30, 20) and out["label"] is None
-    assert out["pred"][0, 0, 0] == 8 * 48 + 8

@@ -1,4 +1,4 @@
-"""Kaggle Dice (scripts/metrics.py): counts accumulated block by block, the empty cases, the mean over
+"""Kaggle Dice (scripts/metrics.py): counts accumulated band by band, the empty cases, the mean over
 slides, and the ignite metric that scores each slide as a whole."""
 
 from __future__ import annotations
@@ -8,15 +8,14 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import disc_slide, write_slide
 from ignite.engine import Engine
 from monai.data import MetaTensor
-from scripts.metrics import (
-    DiceCounts,
-    SlideDice,
-    blocks_from_output,
-    dice_score,
-    mean_dice,
-)
+from scripts.metrics import DiceCounts, SlideDice, dice_score, mean_dice
+from scripts.prepare import prepare_slide, read_window
+from scripts.rle import rle_encode
+from scripts.stitching import blend_weights
+from scripts.wsi_inference import window_datalist
 
 
 def masks(prediction_rows, truth_rows):
@@ -65,54 +64,51 @@ def block(values):
     return torch.tensor(values, dtype=torch.float32)[None]  # (1, h, w) like a decollated prediction
 
 
-def test_slide_dice_scores_blocks_of_a_slide_as_one_slide():
-    metric = SlideDice(threshold=0.5, output_transform=lambda x: x)
-    # slide a, block 1: X = 2, Y = 1, overlap 1; block 2: X = 0, Y = 2 -> Dice a = 2 * 1 / (2 + 3) = 0.4
-    metric.update([(block([[0.9, 0.8], [0.1, 0.2]]), block([[1, 0], [0, 0]]), "a"),
-                   (block([[0.1, 0.4], [0.2, 0.5]]), block([[1, 1], [0, 0]]), "b")])
-    metric.update([(block([[0.0, 0.3], [0.5, 0.2]]), block([[0, 0], [1, 1]]), "a")])
-    # slide b: X = 0 (0.5 is not above the threshold), Y = 2 -> 0.0
-    assert metric.per_slide() == pytest.approx({"a": 0.4, "b": 0.0})
-    assert metric.compute() == pytest.approx(0.2)  # mean of two slides, not of three blocks
-    per_block = np.mean([2 * 1 / 3, 0.0, 0.0])
-    assert metric.compute() != pytest.approx(per_block)
+ROI, OVERLAP = 64, 0.25
 
 
-def test_slide_dice_threshold_and_empty_slides():
-    metric = SlideDice(threshold=0.3, output_transform=lambda x: x)
-    metric.update([(block([[0.35, 0.0]]), block([[1, 0]]), "a"), (block([[0.1, 0.2]]), block([[0, 0]]), "b")])
-    assert metric.per_slide() == {"a": 1.0, "b": 1.0}
+@pytest.fixture()
+def labelled(tmp_path):
+    slides = []
+    for slide_id, seed in (("s1", 1), ("s2", 2)):
+        image, mask = disc_slide(shape=(400, 500), discs=((150, 180, 50), (260, 330, 40)), seed=seed)
+        path = write_slide(tmp_path / f"{slide_id}.tiff", image)
+        slides.append(prepare_slide(slide_id, path, tmp_path / "cache", 2, rle_encode(mask)))
+    return slides
 
 
-def test_slide_dice_reset_forgets_everything():
-    metric = SlideDice(output_transform=lambda x: x)
-    metric.update([(block([[1.0]]), block([[0]]), "a")])
-    assert metric.compute() == 0.0
-    metric.reset()
-    assert metric.per_slide() == {} and math.isnan(metric.compute())
-    metric.update([(block([[1.0]]), block([[1]]), "b")])
-    assert metric.per_slide() == {"b": 1.0}
+def window_outputs(slides, predict):
+    """Evaluator-style outputs: one item per window, ``pred`` from ``predict(label window)``."""
+    outputs = []
+    for item in window_datalist(slides, ROI, OVERLAP):
+        meta = {**item, "location": np.asarray(item["location"])}
+        y, x = (v // item["downscale"] for v in item["location"])
+        label = read_window(item["store"], "label", y, x, ROI, ROI).astype(np.float32)
+        outputs.append({"image": MetaTensor(torch.zeros(3, ROI, ROI), meta=meta),
+                        "pred": torch.from_numpy(predict(label))[None]})
+    return outputs
 
 
-def evaluator_output(values, labels, slide_id):
-    image = MetaTensor(torch.zeros(3, 2, 2), meta={"slide_id": slide_id})
-    return {"pred": block(values), "label": block(labels), "image": image}
+def test_slide_dice_of_perfect_windows_is_one_per_slide(labelled):
+    metric = SlideDice(blend_weights(ROI, "gaussian", OVERLAP), OVERLAP)
+    metric.update(window_outputs(labelled, lambda label: label))
+    assert metric.per_slide() == {"s1": 1.0, "s2": 1.0} and metric.compute() == 1.0
 
 
-def test_blocks_from_output_reads_the_slide_id_from_image_meta():
-    output = [evaluator_output([[0.9, 0.1], [0.0, 0.0]], [[1, 0], [0, 0]], "s1")]
-    [(pred, label, slide_id)] = blocks_from_output(output)
-    assert slide_id == "s1" and pred.shape == label.shape == (1, 2, 2)
+def test_slide_dice_scores_each_slide_whole_and_averages_slides(labelled):
+    metric = SlideDice(blend_weights(ROI, "centre", OVERLAP), OVERLAP, threshold=0.5)
+    outputs = window_outputs(labelled, lambda label: label)
+    empty = [{**o, "pred": torch.zeros_like(o["pred"])} if o["image"].meta["slide_id"] == "s2" else o for o in outputs]
+    metric.update(empty)
+    assert metric.per_slide() == {"s1": 1.0, "s2": 0.0} and metric.compute() == 0.5
 
 
-def test_slide_dice_attached_to_an_engine_resets_each_run():
-    batches = [[evaluator_output([[0.9, 0.9], [0.0, 0.0]], [[1, 0], [0, 0]], "s1"),
-                evaluator_output([[0.0, 0.0], [0.0, 0.0]], [[0, 0], [0, 0]], "s2")],
-               [evaluator_output([[0.0, 0.0], [0.9, 0.0]], [[0, 0], [1, 0]], "s1")]]
+def test_slide_dice_attached_to_an_engine_resets_each_run(labelled):
+    outputs = window_outputs(labelled[:1], lambda label: label)
     engine = Engine(lambda engine, batch: batch)
-    SlideDice().attach(engine, "dice")
-    engine.run(batches)
-    # s1: X = 3, Y = 2, overlap 2 -> 0.8; s2 empty -> 1.0
-    assert engine.state.metrics["dice"] == pytest.approx(0.9)
-    engine.run(batches[1:])
-    assert engine.state.metrics["dice"] == pytest.approx(1.0)  # only the second run's blocks
+    SlideDice(blend_weights(ROI, "gaussian", OVERLAP), OVERLAP).attach(engine, "dice")
+    engine.run([outputs[i : i + 3] for i in range(0, len(outputs), 3)])
+    assert engine.state.metrics["dice"] == 1.0
+    zeros = [{**o, "pred": torch.zeros_like(o["pred"])} for o in outputs]
+    engine.run([zeros])
+    assert engine.state.metrics["dice"] == 0.0  # only the second run's windows

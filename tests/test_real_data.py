@@ -10,7 +10,6 @@ import zarr
 from conftest import shared_path, write_slide
 from imagecodecs import imread
 from scipy import ndimage
-
 from scripts.annotations import rasterize, read_annotations
 from scripts.datasets import ImportancePatchDataset
 from scripts.files import write_csv

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 from skimage.draw import polygon as fill_polygon
 from skimage.measure import find_contours
 
 from .errors import InputError
 from .files import write_text_atomic
 
-__all__ = ["Annotation", "mask_to_annotations", "rasterize", "read_annotations", "write_annotations"]
+__all__ = ["Annotation", "mask_to_annotations", "rasterize", "read_annotations", "trace_polygons", "write_annotations"]
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,41 @@ def mask_to_annotations(mask: np.ndarray, name: str = "glomerulus", scale: float
         area = 0.5 * (np.dot(ring[:, 0], np.roll(ring[:, 1], -1)) - np.dot(ring[:, 1], np.roll(ring[:, 0], -1)))
         if area > 0 and area >= min_area:
             annotations.append(Annotation(name, (ring,)))
+    return annotations
+
+
+def trace_polygons(read_mask: Callable[[int, int, int, int], np.ndarray], shape: tuple[int, int], scale: float = 1.0,
+                   tile: int = 2048, halo: int = 256, name: str = "glomerulus", min_area: float = 0.0) -> list[Annotation]:
+    """Outline every connected component of a mask too large to hold, reading it a tile at a time.
+
+    Each tile is read with ``halo`` extra pixels on every side; a component belongs to the tile
+    that holds the top-left corner of its bounding box, so it is traced once, and whole as long
+    as it is smaller than ``halo`` (glomeruli are, by far).
+
+    Args:
+        read_mask: ``read_mask(y0, x0, y1, x1)`` returns that window of the boolean mask.
+        shape: ``(height, width)`` of the mask.
+        scale: level-0 pixels per mask pixel.
+        tile: tile side in mask pixels.
+        halo: context read around each tile.
+        name: classification of every polygon.
+        min_area: drop polygons smaller than this many level-0 pixels.
+
+    Returns:
+        The polygons, ``[x, y]`` at level 0.
+    """
+    height, width = shape
+    annotations = []
+    for ty in range(0, height, tile):
+        for tx in range(0, width, tile):
+            y0, x0 = max(ty - halo, 0), max(tx - halo, 0)
+            window = read_mask(y0, x0, min(ty + tile + halo, height), min(tx + tile + halo, width))
+            labels, _ = ndimage.label(window)
+            for index, box in enumerate(ndimage.find_objects(labels), start=1):
+                top, left = y0 + box[0].start, x0 + box[1].start
+                if ty <= top < ty + tile and tx <= left < tx + tile:
+                    component = labels[box] == index
+                    annotations += mask_to_annotations(component, name, scale, (top * scale, left * scale), min_area)
     return annotations
 
 

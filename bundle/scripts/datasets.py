@@ -51,7 +51,7 @@ class SlideRegionDataset(PatchWSIDataset):
         )
 
     def _get_data(self, sample: dict):
-        image, metadata = super()._get_data(sample)
+        image, metadata = self._read(sample)
         downscale = sample["downscale"]
         top, left = (int(v) // downscale for v in metadata["location"])
         rows, cols = (-(-int(v) // downscale) for v in sample["shape"])  # the slide at the working level
@@ -64,6 +64,25 @@ class SlideRegionDataset(PatchWSIDataset):
         inside = np.asarray(image)[:, r0:r1, c0:c1]
         widths = ((0, 0), (r0, image.shape[1] - r1), (c0, image.shape[2] - c1))
         return np.pad(inside, widths, mode="symmetric"), metadata
+
+    def _read(self, sample: dict) -> tuple[np.ndarray, dict]:
+        """Read a region, retrying once; a region that still fails reads as glass and its metadata's
+        ``read_error`` says why (empty when the read worked), so one bad tile fails its slide, not the run."""
+        error = None
+        for _ in range(2):
+            try:
+                image, metadata = super()._get_data(sample)
+                return image, {**metadata, "read_error": ""}
+            except Exception as caught:  # cuCIM raises RuntimeError, MONAI ValueError; all mean the same here
+                error = caught
+        size = self._get_size(sample)
+        metadata = {
+            "backend": self.backend, "original_channel_dim": 0, "spatial_shape": np.asarray(size), "count": 1,
+            "location": np.asarray(self._get_location(sample)), "size": np.asarray(size),
+            "level": self._get_level(sample), "path": sample["image"],
+            "read_error": f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:300],
+        }
+        return np.full((3, *size), 255, np.uint8), metadata
 
 
 class ImportancePatchDataset(Randomizable, SlideRegionDataset):

@@ -1,15 +1,18 @@
 """Dice the Kaggle way: per slide, then the mean over slides; 1.0 where prediction and truth are
-both empty. Counts are accumulated block by block so no whole-slide mask is ever needed.
+both empty. Counts are accumulated band by band so no whole-slide mask is ever needed.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from ignite.metrics import Metric
+
+from .prepare import read_window
+from .stitching import SlideStitchers
 
 __all__ = ["DiceCounts", "SlideDice", "dice_score", "mean_dice"]
 
@@ -49,35 +52,42 @@ def mean_dice(per_slide: dict[str, float]) -> float:
 
 
 class SlideDice(Metric):
-    """Ignite metric: mean over slides of each slide's Dice, from thresholded block predictions.
+    """Ignite metric: mean over slides of each slide's Dice at the working resolution.
 
-    Blocks of the same slide add to one count, so a slide cut into many blocks scores as a whole.
+    Window predictions are stitched exactly as inference stitches them (:mod:`scripts.stitching`)
+    and compared, band by band, with the ``label`` array of the slide's zarr store, so a slide
+    scores as a whole, not as the mean of its windows.
 
     Args:
+        weights: window blend weights (:func:`scripts.stitching.blend_weights`).
+        overlap: the windows' overlap.
         threshold: probability above which a pixel is glomerulus.
-        output_transform: maps the engine output to a list of ``(pred, label, slide_id)``.
     """
 
-    def __init__(self, threshold: float = 0.5, output_transform: Callable | None = None) -> None:
+    def __init__(self, weights: np.ndarray, overlap: float, threshold: float = 0.5) -> None:
+        self.weights = weights
+        self.overlap = overlap
         self.threshold = threshold
         self._counts: dict[str, DiceCounts] = defaultdict(DiceCounts)
-        super().__init__(output_transform=output_transform or blocks_from_output)
+        self._stitchers = SlideStitchers(weights, overlap)
+        super().__init__()
 
     def reset(self) -> None:
         self._counts = defaultdict(DiceCounts)
+        self._stitchers = SlideStitchers(self.weights, self.overlap)
 
-    def update(self, output: Sequence[tuple[torch.Tensor, torch.Tensor, str]]) -> None:
-        for pred, label, slide_id in output:
-            self._counts[slide_id].add(pred > self.threshold, label > 0.5)
+    def update(self, output: Sequence[dict]) -> None:
+        for item in output:
+            meta = item["image"].meta
+            probability = item["pred"][0].detach().float().cpu().numpy()
+            width, bands, _ = self._stitchers.add(meta, probability)
+            for row, band in bands:
+                label = read_window(meta["store"], "label", row, 0, len(band), width)
+                self._counts[str(meta["slide_id"])].add(band > self.threshold, label)
 
     def compute(self) -> float:
-        return mean_dice({slide: counts.dice for slide, counts in self._counts.items()})
+        return mean_dice(self.per_slide())
 
     def per_slide(self) -> dict[str, float]:
         """Each slide's Dice from the last run."""
         return {slide: counts.dice for slide, counts in self._counts.items()}
-
-
-def blocks_from_output(output: Sequence[dict]) -> list[tuple[torch.Tensor, torch.Tensor, str]]:
-    """``(pred, label, slide_id)`` per item of a decollated evaluator output."""
-    return [(item["pred"], item["label"], str(item["image"].meta["slide_id"])) for item in output]

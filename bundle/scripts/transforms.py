@@ -1,6 +1,4 @@
-"""MONAI-style transforms that MONAI lacks: label patches from the zarr store, and cutting the
-margin off predicted blocks.
-"""
+"""MONAI-style transforms that MONAI lacks: label patches from the zarr store."""
 
 from __future__ import annotations
 
@@ -14,7 +12,7 @@ from monai.transforms import MapTransform
 
 from .prepare import read_window
 
-__all__ = ["CropMargind", "LoadLabelPatchd"]
+__all__ = ["LoadLabelPatchd"]
 
 
 class LoadLabelPatchd(MapTransform):
@@ -44,29 +42,3 @@ class LoadLabelPatchd(MapTransform):
             d[key] = MetaTensor(torch.from_numpy(window[None].astype(np.float32)), meta=dict(meta))
         return d
 
-
-class CropMargind(MapTransform):
-    """Cut the overlap margin off a predicted block so only its core remains.
-
-    Blocks are read with ``margin`` extra working pixels on every side (recorded in the image
-    metadata by :func:`scripts.wsi_inference.block_datalist`) so the network sees context across
-    block borders; the core is what the block contributes to the slide.
-
-    Args:
-        keys: keys to crop (``(C, H, W)`` tensors).
-        meta_key: key whose metadata holds ``margin`` and ``core``.
-    """
-
-    def __init__(self, keys: KeysCollection, meta_key: str = "image", allow_missing_keys: bool = True) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.meta_key = meta_key
-
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
-        d = dict(data)
-        meta = d[self.meta_key].meta
-        margin = int(meta["margin"])
-        y0, x0, y1, x1 = (int(v) for v in meta["core"])
-        for key in self.key_iterator(d):
-            if d[key] is not None:  # the evaluator leaves label None when there is none
-                d[key] = d[key][:, margin : margin + y1 - y0, margin : margin + x1 - x0]
-        return d

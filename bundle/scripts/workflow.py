@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .demo import ensure_demo
+from .distributed import rank_share
 from .errors import DatasetError, InputError
-from .layout import HubmapFolder
+from .layout import HubmapFolder, is_safe_id
 from .prepare import PreparedSlide, prepare_slide
 
 __all__ = [
@@ -43,14 +44,16 @@ class SlideSet:
     """The slides of a run.
 
     Attributes:
-        prepared: ``{id: PreparedSlide}`` in listing order.
+        prepared: ``{id: PreparedSlide}`` of this process, in listing order.
         failed: ``{id: reason}`` for listed slides that could not be used.
         truth: ``{id: rle}`` when the slides are labelled.
+        listed: every usable id of the run in listing order (all ranks under ``torchrun``).
     """
 
     prepared: dict[str, PreparedSlide] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     truth: dict[str, str] | None = None
+    listed: list[str] = field(default_factory=list)
 
     @property
     def slides(self) -> list[PreparedSlide]:
@@ -66,10 +69,12 @@ def open_dataset(dataset_dir: str, demo_dir: str) -> HubmapFolder:
 
 
 def _prepare_all(folder: HubmapFolder, listed: dict, cache_dir: str, downscale: int, tissue: dict | None,
-                 labelled: bool) -> SlideSet:
-    """Prepare every listed slide, keeping going past the ones that fail."""
-    result = SlideSet(truth={} if labelled else None)
-    for slide_id, entry in listed.items():
+                 labelled: bool, share: bool = False) -> SlideSet:
+    """Prepare every listed slide (this rank's share of them when ``share``), keeping going past
+    the ones that fail."""
+    result = SlideSet(truth={} if labelled else None, listed=list(listed))
+    for slide_id in rank_share(list(listed)) if share else listed:
+        entry = listed[slide_id]
         image, rle = entry if labelled else (entry, None)
         try:
             result.prepared[slide_id] = prepare_slide(slide_id, image, cache_dir, downscale,
@@ -80,6 +85,7 @@ def _prepare_all(folder: HubmapFolder, listed: dict, cache_dir: str, downscale: 
         if labelled:
             result.truth[slide_id] = rle.value
     result.failed.update(folder.problems)
+    result.listed += [key for key in folder.problems if is_safe_id(key) and key not in result.listed]
     for reason in result.failed.values():
         logger.warning("skipped: %s", reason)
     return result
@@ -113,8 +119,8 @@ def inference_slides(dataset_dir: str, demo_dir: str, cache_dir: str, downscale:
                      tissue: dict | None = None) -> SlideSet:
     """Prepare the slides to segment (``sample_submission.csv``, else ``test/*.tiff``)."""
     folder = open_dataset(dataset_dir, demo_dir)
-    slides = _prepare_all(folder, folder.test_slides(), cache_dir, downscale, tissue, False)
-    if not slides.prepared and not slides.failed:
+    slides = _prepare_all(folder, folder.test_slides(), cache_dir, downscale, tissue, False, share=True)
+    if not slides.listed and not slides.failed:
         raise DatasetError(f"{folder.root}: no slides to segment; put them in test/<id>.tiff")
     return slides
 
@@ -127,8 +133,9 @@ def evaluation_slides(dataset_dir: str, demo_dir: str, cache_dir: str, downscale
         raise DatasetError(f"eval_split must be 'test' (solution.csv) or 'train' (train.csv), got {split!r}")
     folder = open_dataset(dataset_dir, demo_dir)
     csv_name = "solution.csv" if split == "test" else "train.csv"
-    slides = _prepare_all(folder, folder.labelled_slides(csv_name, split), cache_dir, downscale, tissue, True)
-    if not slides.prepared:
+    slides = _prepare_all(folder, folder.labelled_slides(csv_name, split), cache_dir, downscale, tissue, True,
+                          share=True)
+    if not slides.listed:
         raise DatasetError(f"{folder.root / csv_name}: no usable labelled slides to evaluate")
     return slides
 

@@ -1,21 +1,27 @@
-"""Whole-slide inference as a stream of blocks: which blocks to run, and turning their
+"""Whole-slide inference as a stream of windows: which windows to run, and turning their
 predictions into per-slide results.
 
-A slide at the working resolution is cut into square blocks; each block is read with a margin
-of context on every side (so windows near a block border see across it), predicted by the
-config's sliding-window inferer with Gaussian blending, and only its core is kept. Blocks with
-no tissue are never read. Block probabilities are stitched into a chunked zarr array; when a
-slide's last block arrives, the level-0 mask is produced one band of columns at a time
-(bilinear upsampling of the probabilities, then the threshold) and encoded as RLE, written as a
-pyramidal TIFF and drawn on a preview, and Dice is counted against the truth when it is known.
+Only windows that touch tissue are listed (a lookup in the slide's low-resolution tissue mask);
+MONAI's DataLoader reads them through cuCIM in worker processes while the network runs on the
+previous batch. :class:`SlidePredictionWriter` blends each window into its slide band by band
+(:mod:`scripts.stitching`), keeps the probabilities in a chunked zarr array at the working
+resolution, and when a slide's last window arrives builds the level-0 mask one band of columns at
+a time (bilinear upsampling, threshold) while encoding its RLE, scoring it and drawing its preview.
+Nothing ever holds a whole slide at level 0.
+
+Per slide, under ``output_dir``: ``rle/<id>.txt``, ``masks/<id>.tiff``, ``glomeruli/<id>.geojson``,
+``previews/<id>.png``, optionally ``heatmaps/<id>.tiff``, and ``summaries/<id>.json`` last, which
+marks the slide done: a rerun skips it unless asked to overwrite. ``submission.csv`` (and, with a
+truth, ``metrics.csv``) are assembled from the per-slide files, by rank 0 under ``torchrun``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,17 +30,20 @@ import torch
 import torch.nn.functional as F
 import zarr
 from ignite.engine import Engine, Events
+from tqdm import tqdm
 
-from .files import write_csv
-from .layout import is_safe_id
+from .annotations import trace_polygons, write_annotations
+from .distributed import barrier, is_main_process
+from .files import write_csv, write_text_atomic
 from .metrics import DiceCounts, mean_dice
 from .outputs import outline_overlay, write_mask_tiff, write_png, write_submission
 from .prepare import PreparedSlide
-from .pyramid import level_shape, pool_mask
+from .pyramid import level_shape, pool_mask, write_pyramid
 from .rle import ColumnRunEncoder, decode_columns, parse_rle
 from .slides import read_thumbnail
+from .stitching import SlideStitchers, slide_windows
 
-__all__ = ["SlidePredictionWriter", "block_datalist"]
+__all__ = ["SlidePredictionWriter", "finished_slides", "window_datalist"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,190 +52,264 @@ PREVIEW_SIDE = 1024  # longest side of preview PNGs, in pixels (about)
 PRED_COLOUR, TRUTH_COLOUR = (0, 200, 0), (30, 60, 255)
 
 
-def block_datalist(slides: Sequence[PreparedSlide], block_size: int, margin: int) -> list[dict]:
-    """Datalist of the tissue blocks of every slide, for :class:`scripts.datasets.SlideRegionDataset`.
+def working_shape(slide: PreparedSlide) -> tuple[int, int]:
+    """``(height, width)`` of a slide at the working resolution."""
+    return level_shape(slide.shape, slide.downscale.bit_length() - 1)
+
+
+def window_datalist(slides: Sequence[PreparedSlide], roi: int, overlap: float, skip: Iterable[str] = ()) -> list[dict]:
+    """Datalist of the tissue windows of every slide, for :class:`scripts.datasets.SlideRegionDataset`.
 
     Args:
         slides: prepared slides.
-        block_size: core side at the working resolution (a multiple of the inferer's window helps).
-        margin: context added on every side, at the working resolution.
+        roi: window side at the working resolution.
+        overlap: fraction of a window shared with its neighbour.
+        skip: ids of slides not to run (already done).
 
     Returns:
-        Items with the slide's fields (``level`` is the working level), ``location`` (level 0), ``size``,
-        ``core`` (working ``[y0, x0, y1, x1]``), ``margin``, ``block_index`` and ``num_blocks``.
+        Items with the slide's fields (``level`` is the working level), ``location`` (level 0),
+        ``size`` and ``num_windows``, slide after slide, row-major within a slide.
     """
+    skip = set(skip)
     items = []
     for slide in slides:
-        cores = [core for core in _block_cores(slide, block_size) if _has_tissue(slide, core)]
-        for index, (y0, x0, y1, x1) in enumerate(cores):
-            items.append({
-                **slide.as_dict(),
-                "location": [(y0 - margin) * slide.downscale, (x0 - margin) * slide.downscale],
-                "size": [block_size + 2 * margin] * 2,
-                "core": [y0, x0, y1, x1],
-                "margin": margin,
-                "block_index": index,
-                "num_blocks": len(cores),
-            })
+        if slide.slide_id in skip:
+            continue
+        windows, _ = slide_windows(slide.store, working_shape(slide), slide.downscale, roi, overlap)
+        items += [
+            {**slide.as_dict(), "location": [y * slide.downscale, x * slide.downscale], "size": [roi, roi],
+             "num_windows": len(windows)}
+            for y, x in windows
+        ]
     return items
 
 
-def _block_cores(slide: PreparedSlide, block_size: int) -> list[tuple[int, int, int, int]]:
-    height, width = level_shape(slide.shape, slide.downscale.bit_length() - 1)
-    return [
-        (y, x, min(y + block_size, height), min(x + block_size, width))
-        for y in range(0, height, block_size)
-        for x in range(0, width, block_size)
-    ]
-
-
-def _has_tissue(slide: PreparedSlide, core: tuple[int, int, int, int]) -> bool:
-    group = zarr.open_group(slide.store, mode="r")
-    scale = slide.downscale / group.attrs["tissue_downsample"]  # tissue pixels per working pixel
-    y0, x0, y1, x1 = core
-    rows = slice(int(y0 * scale), max(int(np.ceil(y1 * scale)), int(y0 * scale) + 1))
-    cols = slice(int(x0 * scale), max(int(np.ceil(x1 * scale)), int(x0 * scale) + 1))
-    return bool(group["tissue"][rows, cols].any())
+def finished_slides(output_dir: str, slides: Sequence[PreparedSlide], overwrite: bool = False) -> set[str]:
+    """Ids of slides whose results are already complete in ``output_dir`` (none when overwriting)."""
+    if overwrite:
+        return set()
+    root = Path(output_dir)
+    return {s.slide_id for s in slides if (root / "summaries" / f"{s.slide_id}.json").is_file()
+            and (root / "rle" / f"{s.slide_id}.txt").is_file()}
 
 
 @dataclass
 class _SlideState:
-    """What the writer holds for a slide while its blocks arrive."""
+    """What the writer holds for a slide while its windows arrive."""
 
     slide: PreparedSlide
-    probability: zarr.Array | None = None
-    blocks_done: int = 0
+    probability: zarr.Array
+    bar: tqdm
     started: float = field(default_factory=time.monotonic)
+    error: str = ""
 
 
 class SlidePredictionWriter:
-    """Ignite handler that stitches block predictions and writes each slide's results.
+    """Ignite handler that stitches window predictions and writes each slide's results.
 
-    Attach it to the inference evaluator (``postprocessing`` must leave ``pred`` as a sigmoid
-    probability cropped to the block core). Results, under ``output_dir``: ``submission.csv``
-    (every slide, in order), ``masks/<id>.tiff``, ``previews/<id>.png`` and, when ``truth`` is
-    given, ``metrics.csv`` with the Kaggle Dice of each slide at level 0 and their mean.
+    Attach it to the inference evaluator; ``postprocessing`` must leave ``pred`` as a sigmoid
+    probability.
 
     Args:
         output_dir: where results go.
-        slides: every slide to report, in submission order; slides without tissue blocks get
-            an empty prediction.
+        slides: this process's slides; those without a tissue window get an empty prediction.
+        weights: window blend weights (:func:`scripts.stitching.blend_weights`).
+        overlap: the windows' overlap.
         threshold: probability above which a pixel is glomerulus.
         truth: ``{slide_id: rle}`` to score against, or None.
-        failed: ``{slide_id: reason}`` for slides that could not be prepared; they get an empty
-            row in the submission and are reported.
+        failed: ``{slide_id: reason}`` for slides that could not be prepared.
+        listed: every slide id of the run in submission order (all ranks); default ``slides``.
+        done: ids of slides already complete in ``output_dir`` (skipped; their results are reused).
+        save_heatmap: also write the probabilities as a pyramidal 8-bit TIFF.
+        min_area: polygons (and the glomerulus count) leave out specks smaller than this many
+            level-0 pixels; the mask and the RLE keep every pixel.
     """
 
-    def __init__(self, output_dir: str, slides: Sequence[PreparedSlide], threshold: float = 0.5,
-                 truth: dict[str, str] | None = None, failed: dict[str, str] | None = None) -> None:
+    def __init__(self, output_dir: str, slides: Sequence[PreparedSlide], weights: np.ndarray, overlap: float,
+                 threshold: float = 0.5, truth: dict[str, str] | None = None, failed: dict[str, str] | None = None,
+                 listed: Sequence[str] | None = None, done: Iterable[str] = (), save_heatmap: bool = False,
+                 min_area: float = 2000.0) -> None:
         self.output_dir = Path(output_dir)
-        self.slides = list(slides)
+        self.slides = {slide.slide_id: slide for slide in slides}
+        self.stitchers = SlideStitchers(weights, overlap)
         self.threshold = threshold
         self.truth = truth
         self.failed = dict(failed or {})
-        self.predictions: dict[str, str] = {}
-        self.dice: dict[str, float] = {}
-        self._states = {slide.slide_id: _SlideState(slide) for slide in self.slides}
+        self.listed = list(listed) if listed is not None else list(self.slides)
+        self.done = set(done)
+        self.save_heatmap = save_heatmap
+        self.min_area = min_area
+        self._states: dict[str, _SlideState] = {}
+        self._finished: set[str] = set()
         self._work = self.output_dir / ".work"
+        self._overall: tqdm | None = None
 
     def attach(self, engine: Engine) -> None:
-        """Collect blocks after every iteration; write the remaining results when the run ends."""
+        """Collect windows after every iteration; finish the run when the evaluator completes."""
+        engine.add_event_handler(Events.STARTED, self.start)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
         engine.add_event_handler(Events.COMPLETED, self.finish)
 
+    def start(self, engine: Engine | None = None) -> None:
+        """Open the overall progress bar (one step per slide)."""
+        self._overall = tqdm(total=len(set(self.slides) - self.done), desc="slides", unit="slide")
+
     def collect(self, engine: Engine) -> None:
-        """Stitch the blocks of the last batch; finish each slide whose last block arrived."""
+        """Blend the windows of the last batch; finish each slide whose last window arrived."""
         for item in engine.state.output:
             meta = item["image"].meta
-            state = self._states[str(meta["slide_id"])]
-            if state.probability is None:
-                state.probability = self._probability_array(state.slide)
-            y0, x0, y1, x1 = (int(v) for v in meta["core"])
+            state = self._state(str(meta["slide_id"]))
+            state.bar.update(1)
+            if meta["read_error"]:
+                state.error = state.error or f"a window at {[int(v) for v in meta['location']]} could not be read ({meta['read_error']})"
             probability = item["pred"][0].detach().float().cpu().numpy()
-            state.probability[y0:y1, x0:x1] = np.rint(probability * 255).astype(np.uint8)
-            state.blocks_done += 1
-            if state.blocks_done == int(meta["num_blocks"]):
+            _, bands, complete = self.stitchers.add(meta, probability)
+            for row, band in bands:
+                state.probability[row : row + len(band)] = np.rint(band * 255).astype(np.uint8)
+            if complete:
                 self._finish_slide(state)
 
-    def _probability_array(self, slide: PreparedSlide) -> zarr.Array:
-        shape = level_shape(slide.shape, slide.downscale.bit_length() - 1)
-        return zarr.create_array(store=self._work / f"{slide.slide_id}-probability.zarr", shape=shape,
-                                 chunks=(BAND, BAND), dtype=np.uint8, fill_value=0, overwrite=True)
+    def _state(self, slide_id: str) -> _SlideState:
+        if slide_id not in self._states:
+            slide = self.slides[slide_id]
+            probability = zarr.create_array(
+                store=self._work / f"{slide_id}-probability.zarr", shape=working_shape(slide), chunks=(BAND, BAND),
+                dtype=np.uint8, fill_value=0, overwrite=True,
+            )
+            self._states[slide_id] = _SlideState(slide, probability, tqdm(desc=slide_id, unit="window", leave=False))
+        return self._states[slide_id]
 
     def _finish_slide(self, state: _SlideState) -> None:
         slide = state.slide
+        state.bar.close()
         try:
-            probability = state.probability if state.probability is not None else self._probability_array(slide)
-            self.predictions[slide.slide_id] = self._write_slide(slide, probability)
-            logger.info("%s: done in %.1f s", slide.slide_id, time.monotonic() - state.started)
+            if state.error:
+                raise RuntimeError(state.error)
+            self._write_slide(slide, state.probability, time.monotonic() - state.started)
         except Exception as error:  # one slide's failure must not cost the others their results
             self.failed[slide.slide_id] = f"{type(error).__name__}: {error}"
-            logger.error("%s: failed (%s); the other slides go on", slide.slide_id, self.failed[slide.slide_id])
+            logger.error("%s failed (%s); the other slides go on", slide.slide_id, self.failed[slide.slide_id])
         finally:
             shutil.rmtree(self._work / f"{slide.slide_id}-probability.zarr", ignore_errors=True)
             self._states.pop(slide.slide_id, None)
+            self._finished.add(slide.slide_id)
+            if self._overall is not None:
+                self._overall.update(1)
 
-    def _write_slide(self, slide: PreparedSlide, probability: zarr.Array) -> str:
-        """Level-0 mask, RLE, mask TIFF, preview and Dice of one slide; returns the RLE."""
+    def _write_slide(self, slide: PreparedSlide, probability: zarr.Array, seconds: float) -> None:
+        """Every result of one slide; the summary last, so a slide with a summary is complete."""
+        started = time.monotonic()
         thumbnail, thumb_scale = read_thumbnail(slide.image, _preview_downsample(slide.shape))
         mask = zarr.create_array(store=self._work / f"{slide.slide_id}-mask.zarr", shape=slide.shape,
                                  chunks=(1024, 1024), dtype=np.uint8, fill_value=0, overwrite=True)
-        thumbs = _Thumbnails(thumbnail.shape[:2], thumb_scale, with_truth=self._truth_of(slide) is not None)
-        rle, counts = self._encode(slide, probability, mask, thumbs)
-        write_mask_tiff(self.output_dir / "masks" / f"{slide.slide_id}.tiff", mask)
-        shutil.rmtree(self._work / f"{slide.slide_id}-mask.zarr", ignore_errors=True)
+        truth = self.truth.get(slide.slide_id) if self.truth is not None else None
+        thumbs = _Thumbnails(thumbnail.shape[:2], thumb_scale, with_truth=truth is not None)
+        rle, counts, area = _level0_pass(slide, probability, mask, thumbs, self.threshold, truth)
+        name = slide.slide_id
+        write_mask_tiff(self.output_dir / "masks" / f"{name}.tiff", mask)
+        shutil.rmtree(self._work / f"{name}-mask.zarr", ignore_errors=True)
+        polygons = trace_polygons(lambda y0, x0, y1, x1: probability[y0:y1, x0:x1] > self.threshold * 255,
+                                  probability.shape, scale=slide.downscale, min_area=self.min_area)
+        write_annotations(self.output_dir / "glomeruli" / f"{name}.geojson", polygons)
+        if self.save_heatmap:
+            write_pyramid(self.output_dir / "heatmaps" / f"{name}.tiff", lambda y0, y1: probability[y0:y1],
+                          probability.shape, channels=1, compression="lzw")
         outlines = [(thumbs.truth, TRUTH_COLOUR)] if thumbs.truth is not None else []
-        write_png(self.output_dir / "previews" / f"{slide.slide_id}.png",
+        write_png(self.output_dir / "previews" / f"{name}.png",
                   outline_overlay(thumbnail, [*outlines, (thumbs.prediction, PRED_COLOUR)]))
+        write_text_atomic(self.output_dir / "rle" / f"{name}.txt", rle)
+        tissue = zarr.open_group(slide.store, mode="r")["tissue"][:]
+        summary = {
+            "id": name, "width": slide.shape[1], "height": slide.shape[0], "glomeruli": len(polygons),
+            "glomerulus_pixels": area, "tissue_fraction": round(float(np.mean(tissue > 0)), 4),
+            "seconds": round(seconds + time.monotonic() - started, 1),
+        }
         if counts is not None:
-            self.dice[slide.slide_id] = counts.dice
-        return rle
-
-    def _truth_of(self, slide: PreparedSlide) -> str | None:
-        return None if self.truth is None else self.truth.get(slide.slide_id)
-
-    def _encode(self, slide: PreparedSlide, probability: zarr.Array, mask: zarr.Array,
-                thumbs: _Thumbnails) -> tuple[str, DiceCounts | None]:
-        """Build the level-0 mask band by band: upsample, threshold, encode, score, draw."""
-        height, width = slide.shape
-        scale = slide.downscale
-        truth_rle = self._truth_of(slide)
-        truth_runs = parse_rle(truth_rle, height * width, slide.slide_id) if truth_rle is not None else None
-        counts = DiceCounts() if truth_runs is not None else None
-        encoder = ColumnRunEncoder(height)
-        band = max(BAND, thumbs.scale // scale)  # working columns; level-0 band is a multiple of the preview scale
-        for col in range(0, probability.shape[1], band):
-            x0, x1 = col * scale, min((col + band) * scale, width)
-            predicted = _upsample_threshold(probability, col, col + band, scale, self.threshold)[:height, : x1 - x0]
-            encoder.add(predicted)
-            mask[:, x0:x1] = predicted
-            truth = decode_columns(*truth_runs, height, x0, x1) if truth_runs is not None else None
-            if counts is not None:
-                counts.add(predicted, truth)
-            thumbs.add(x0, predicted, truth)
-        return encoder.result(), counts
+            summary["dice"] = round(counts.dice, 6)
+        write_text_atomic(self.output_dir / "summaries" / f"{name}.json", json.dumps(summary, indent=1))
+        logger.info("%s: %d glomeruli in %.1f s", name, len(polygons), summary["seconds"])
 
     def finish(self, engine: Engine | None = None) -> None:
-        """Finish slides that had no tissue blocks, then write submission and metrics."""
-        for state in list(self._states.values()):
-            self._finish_slide(state)
-        listed = {s.slide_id for s in self.slides}
-        order = [s.slide_id for s in self.slides] + [s for s in self.failed if s not in listed and is_safe_id(s)]
+        """Finish the slides no window reached, then (on rank 0) assemble submission and metrics."""
+        if self._overall is None:
+            self.start()
+        for slide_id in self.slides:
+            if slide_id not in self.done | self._finished | set(self.failed):
+                self._finish_slide(self._state(slide_id))  # no tissue window: an empty prediction
+        self._overall.close()
+        self._score_reused()
         for slide_id, reason in self.failed.items():
-            self.predictions.pop(slide_id, None)
-            print(f"FAILED {slide_id}: {reason}" + (" (empty prediction written)" if slide_id in order else ""))
-        submission = write_submission(self.output_dir / "submission.csv", {s: self.predictions.get(s, "") for s in order})
-        print(f"segmented {len(self.predictions)} slide(s): {submission}; masks in {self.output_dir / 'masks'}, "
-              f"previews in {self.output_dir / 'previews'}")
-        if self.truth is not None:
-            self._report_dice()
+            print(f"FAILED {slide_id}: {reason}")
+        barrier()
+        if is_main_process():
+            self._assemble()
         shutil.rmtree(self._work, ignore_errors=True)
 
-    def _report_dice(self) -> None:
-        mean = mean_dice(self.dice)
-        rows = [(slide_id, f"{dice:.4f}") for slide_id, dice in self.dice.items()] + [("mean", f"{mean:.4f}")]
-        path = write_csv(self.output_dir / "metrics.csv", ("id", "dice"), rows)
-        print(f"Dice (Kaggle, level 0): mean {mean:.4f} over {len(self.dice)} slide(s); per slide in {path}")
+    def _score_reused(self) -> None:
+        """Dice for slides done by an earlier run, when this run has a truth to score them against."""
+        for slide_id in self.done:
+            path = self.output_dir / "summaries" / f"{slide_id}.json"
+            summary = json.loads(path.read_text())
+            if self.truth is not None and slide_id in self.truth and "dice" not in summary:
+                rle = (self.output_dir / "rle" / f"{slide_id}.txt").read_text()
+                summary["dice"] = round(rle_dice(rle, self.truth[slide_id], self.slides[slide_id].shape), 6)
+                write_text_atomic(path, json.dumps(summary, indent=1))
+
+    def _assemble(self) -> None:
+        """``submission.csv`` from every listed slide's RLE file (empty where a slide failed), and metrics."""
+        predictions, dice = {}, {}
+        for slide_id in self.listed:
+            rle, summary = self.output_dir / "rle" / f"{slide_id}.txt", self.output_dir / "summaries" / f"{slide_id}.json"
+            complete = rle.is_file() and summary.is_file()
+            predictions[slide_id] = rle.read_text() if complete else ""
+            if complete and "dice" in (fields := json.loads(summary.read_text())):
+                dice[slide_id] = fields["dice"]
+        submission = write_submission(self.output_dir / "submission.csv", predictions)
+        missing = [s for s in self.listed if not predictions[s] and s in self.failed]
+        print(f"segmented {len(self.listed) - len(missing)} of {len(self.listed)} slide(s): {submission}; masks, "
+              f"glomeruli (GeoJSON), previews and summaries in {self.output_dir}")
+        if self.truth is not None:
+            mean = mean_dice(dice)
+            rows = [(slide_id, f"{value:.4f}") for slide_id, value in dice.items()] + [("mean", f"{mean:.4f}")]
+            path = write_csv(self.output_dir / "metrics.csv", ("id", "dice"), rows)
+            print(f"Dice (Kaggle, level 0): mean {mean:.4f} over {len(dice)} slide(s); per slide in {path}")
+
+
+def rle_dice(predicted: str, truth: str, shape: tuple[int, int], band: int = 1024) -> float:
+    """Kaggle Dice of two RLE masks of one slide, decoded a band of columns at a time."""
+    height, width = shape
+    runs = [parse_rle(rle, height * width) for rle in (predicted, truth)]
+    counts = DiceCounts()
+    for col in range(0, width, band):
+        counts.add(*(decode_columns(*r, height, col, min(col + band, width)) for r in runs))
+    return counts.dice
+
+
+def _level0_pass(slide: PreparedSlide, probability: zarr.Array, mask: zarr.Array, thumbs: _Thumbnails,
+                 threshold: float, truth: str | None) -> tuple[str, DiceCounts | None, int]:
+    """Build the level-0 mask band by band: upsample, threshold, encode, score, draw.
+
+    Returns:
+        ``(rle, Dice counts or None, foreground pixels)``.
+    """
+    height, width = slide.shape
+    scale = slide.downscale
+    truth_runs = parse_rle(truth, height * width, slide.slide_id) if truth is not None else None
+    counts = DiceCounts() if truth_runs is not None else None
+    encoder = ColumnRunEncoder(height)
+    area = 0
+    band = max(BAND, thumbs.scale // scale)  # working columns; a level-0 band is a multiple of the preview scale
+    for col in range(0, probability.shape[1], band):
+        x0, x1 = col * scale, min((col + band) * scale, width)
+        predicted = _upsample_threshold(probability, col, col + band, scale, threshold)[:height, : x1 - x0]
+        encoder.add(predicted)
+        mask[:, x0:x1] = predicted
+        area += int(predicted.sum())
+        truth_band = decode_columns(*truth_runs, height, x0, x1) if truth_runs is not None else None
+        if counts is not None:
+            counts.add(predicted, truth_band)
+        thumbs.add(x0, predicted, truth_band)
+    return encoder.result(), counts, area
 
 
 def _preview_downsample(shape: tuple[int, int]) -> int:
@@ -264,4 +347,3 @@ class _Thumbnails:
             if target is not None and band is not None:
                 pooled = pool_mask(band != 0, self.scale, "max")[: target.shape[0], : target.shape[1] - col]
                 target[: pooled.shape[0], col : col + pooled.shape[1]] |= pooled
-

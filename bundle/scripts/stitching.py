@@ -1,0 +1,209 @@
+"""Blending overlapping window predictions into a slide, one band of rows at a time.
+
+Windows tile a slide at the working resolution in row-major order. Each window's probabilities
+are weighted (a Gaussian, or a box that keeps only the window's centre) and added to a buffer of a
+few window-heights of rows; rows that no later window can reach are normalised and handed on, so
+memory grows with the window size and the slide width, never with the slide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import zarr
+from monai.data.utils import compute_importance_map
+from monai.utils import BlendMode
+
+__all__ = ["BandStitcher", "SlideStitchers", "blend_weights", "slide_windows", "window_starts"]
+
+BLENDS = ("gaussian", "centre")
+
+
+def window_starts(length: int, roi: int, overlap: float) -> list[int]:
+    """Start offsets of windows of side ``roi`` covering ``[0, length)`` with the given overlap.
+
+    The windows reach ``margin = roi * overlap / 2`` past both ends (the slide is mirrored there
+    when read), so the slide's own border is never a window border and gets the same treatment
+    as the inside; otherwise MONAI's layout: a fixed stride, the last window flush with the end.
+    """
+    stride = max(int(round(roi * (1 - overlap))), 1)
+    margin = int(round(roi * overlap / 2))
+    span = length + 2 * margin
+    if span <= roi:
+        return [-margin]
+    return [start - margin for start in range(0, span - roi, stride)] + [length + margin - roi]
+
+
+def blend_weights(roi: int, blend: str = "gaussian", overlap: float = 0.25, sigma_scale: float = 0.125) -> np.ndarray:
+    """Per-pixel weight of a window's prediction.
+
+    Args:
+        roi: window side.
+        blend: ``"gaussian"`` (MONAI's importance map: the centre counts most) or ``"centre"``
+            (only the central ``roi * (1 - overlap)`` square counts; the margin is context only).
+        overlap: window overlap, which sets the centre square for ``"centre"``.
+        sigma_scale: Gaussian sigma as a fraction of ``roi``.
+
+    Returns:
+        ``(roi, roi)`` ``float32`` weights, all positive (so a slide border that only a margin
+        reaches still gets a prediction).
+    """
+    if blend == "gaussian":
+        weights = compute_importance_map((roi, roi), mode=BlendMode.GAUSSIAN, sigma_scale=sigma_scale, device="cpu")
+        return weights.numpy().astype(np.float32)
+    if blend == "centre":
+        margin = int(round(roi * overlap / 2))
+        weights = np.full((roi, roi), 1e-3, np.float32)
+        weights[margin : roi - margin, margin : roi - margin] = 1.0
+        return weights
+    raise ValueError(f"blend must be one of {BLENDS}, got {blend!r}")
+
+
+def slide_windows(store: str, shape: tuple[int, int], downscale: int, roi: int,
+                  overlap: float) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """A slide's window grid split into the windows to run and the background windows to skip.
+
+    A window runs when its area holds a tissue pixel of the slide's tissue mask (a summed-area
+    table makes each test one lookup).
+
+    Args:
+        store: the slide's zarr store (``tissue`` array, ``tissue_downsample`` attribute).
+        shape: the slide's ``(height, width)`` at the working resolution.
+        downscale: level-0 pixels per working pixel.
+        roi: window side.
+        overlap: window overlap.
+
+    Returns:
+        ``(run, skipped)``: ``(y, x)`` window corners at the working resolution, row-major.
+    """
+    group = zarr.open_group(store, mode="r")
+    tissue = group["tissue"][:] > 0
+    scale = downscale / group.attrs["tissue_downsample"]  # tissue pixels per working pixel
+    table = np.pad(np.cumsum(np.cumsum(tissue.astype(np.int64), 0), 1), ((1, 0), (1, 0)))
+
+    def span(start: int, limit: int) -> tuple[int, int]:
+        low = min(max(int(np.floor(start * scale)), 0), limit - 1)
+        return low, max(min(int(np.ceil((start + roi) * scale)), limit), low + 1)
+
+    run, skipped = [], []
+    for y in window_starts(shape[0], roi, overlap):
+        r0, r1 = span(y, tissue.shape[0])
+        for x in window_starts(shape[1], roi, overlap):
+            c0, c1 = span(x, tissue.shape[1])
+            has_tissue = table[r1, c1] - table[r0, c1] - table[r1, c0] + table[r0, c0] > 0
+            (run if has_tissue else skipped).append((y, x))
+    return run, skipped
+
+
+class BandStitcher:
+    """Weighted average of overlapping windows, released band by band.
+
+    Windows must arrive in row-major order (as :func:`slide_windows` lists them). Rows above the
+    latest window's top are final: :meth:`add` yields them as they become final and :meth:`close`
+    yields the rest. Skipped background windows count as windows that predicted 0, so a run
+    window's margin next to glass is blended with that certainty instead of standing alone.
+
+    Args:
+        height: slide height at the working resolution.
+        width: slide width at the working resolution.
+        weights: ``(roi, roi)`` blend weights (:func:`blend_weights`).
+        skipped: the background windows that are not run, row-major.
+    """
+
+    def __init__(self, height: int, width: int, weights: np.ndarray, skipped: list[tuple[int, int]] = ()) -> None:
+        self.height, self.width = height, width
+        self.weights = weights
+        self.roi = weights.shape[0]
+        self._skipped = list(skipped)
+        self._next_skipped = 0
+        self._top = 0  # slide row held in buffer row 0
+        self._sum = np.zeros((2 * self.roi, width), np.float32)
+        self._weight = np.zeros((2 * self.roi, width), np.float32)
+
+    def add(self, probability: np.ndarray, y: int, x: int) -> Iterator[tuple[int, np.ndarray]]:
+        """Add a window's ``(roi, roi)`` probabilities at working ``(y, x)``; yield rows now final.
+
+        Yields:
+            ``(first row, (rows, width) float32 probabilities)``.
+        """
+        while self._next_skipped < len(self._skipped) and self._skipped[self._next_skipped] < (y, x):
+            yield from self._add_window(None, *self._skipped[self._next_skipped])
+            self._next_skipped += 1
+        yield from self._add_window(probability, y, x)
+
+    def close(self) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield every row not yet released, down to the slide's last row."""
+        for y, x in self._skipped[self._next_skipped :]:
+            yield from self._add_window(None, y, x)
+        self._next_skipped = len(self._skipped)
+        while self._top < self.height:
+            yield from self._release(min(self._top + self.roi, self.height))
+
+    def _add_window(self, probability: np.ndarray | None, y: int, x: int) -> Iterator[tuple[int, np.ndarray]]:
+        """Release the rows above ``y``, then add the window (``None``: a skipped one, predicting 0)."""
+        if max(y, 0) < self._top:
+            raise ValueError(f"windows must come in row order: row {y} after row {self._top}")
+        yield from self._release(y)
+        # the part of the window inside the slide (windows reach past the slide's edges)
+        r0, c0 = max(-y, 0), max(-x, 0)
+        r1, c1 = min(self.roi, self.height - y), min(self.roi, self.width - x)
+        weights = self.weights[r0:r1, c0:c1]
+        rows = slice(y + r0 - self._top, y + r1 - self._top)
+        if probability is not None:
+            self._sum[rows, x + c0 : x + c1] += probability[r0:r1, c0:c1] * weights
+        self._weight[rows, x + c0 : x + c1] += weights
+
+    def _release(self, until: int) -> Iterator[tuple[int, np.ndarray]]:
+        """Hand on rows ``[top, until)`` and shift the buffer so the next window fits."""
+        until = min(until, self.height)
+        while self._top < until:
+            count = min(until - self._top, len(self._sum))
+            weight = self._weight[:count]
+            yield self._top, np.divide(self._sum[:count], weight, out=np.zeros_like(weight), where=weight > 0)
+            for buffer in (self._sum, self._weight):
+                buffer[:-count] = buffer[count:].copy()
+                buffer[-count:] = 0
+            self._top += count
+
+
+class SlideStitchers:
+    """One :class:`BandStitcher` per slide, fed window by window as a run's batches arrive.
+
+    Args:
+        weights: blend weights shared by every window.
+        overlap: the windows' overlap (to rebuild each slide's grid of skipped windows).
+    """
+
+    def __init__(self, weights: np.ndarray, overlap: float) -> None:
+        self.weights = weights
+        self.overlap = overlap
+        self._open: dict[str, tuple[BandStitcher, int]] = {}
+
+    def add(self, meta: dict, probability: np.ndarray) -> tuple[int, list[tuple[int, np.ndarray]], bool]:
+        """Add one window of a slide.
+
+        Args:
+            meta: the window's image metadata (``slide_id``, ``store``, ``shape``, ``downscale``,
+                ``location``, ``num_windows``), as :class:`scripts.datasets.SlideRegionDataset` gives it.
+            probability: ``(roi, roi)`` probabilities.
+
+        Returns:
+            ``(width, bands, complete)``: the slide's width at the working resolution, the rows
+            released by this window (all remaining rows when it was the slide's last window), and
+            whether it was.
+        """
+        slide_id, scale = str(meta["slide_id"]), int(meta["downscale"])
+        shape = tuple(-(-int(v) // scale) for v in meta["shape"])
+        y, x = (int(v) // scale for v in meta["location"])
+        if slide_id not in self._open:
+            _, skipped = slide_windows(str(meta["store"]), shape, scale, len(self.weights), self.overlap)
+            self._open[slide_id] = (BandStitcher(*shape, self.weights, skipped), 0)
+        stitcher, seen = self._open[slide_id]
+        num_windows = int(meta["num_windows"])
+        bands = list(stitcher.add(probability, y, x))
+        if seen + 1 < num_windows:
+            self._open[slide_id] = (stitcher, seen + 1)
+            return shape[1], bands, False
+        self._open.pop(slide_id, None)
+        return shape[1], bands + list(stitcher.close()), True
