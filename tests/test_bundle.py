@@ -5,6 +5,7 @@ errors a user sees for bad input."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -75,6 +76,24 @@ def test_evaluation_reports_dice_per_slide_and_mean(trained):
         metrics = {row["id"]: float(row["dice"]) for row in csv.DictReader(handle)}
     assert len(metrics) == 2 and "mean" in metrics and all(0.0 <= d <= 1.0 for d in metrics.values())
     assert f"mean {metrics['mean']:.4f}" in result.stdout
+
+
+def test_torchrun_ranks_share_the_slides_and_rank_0_merges_them(trained):
+    root, flags, _ = trained
+    out = root / "distributed"
+    configs = "[" + ",".join(f"'{CONFIGS / c}'" for c in ("inference.yaml", "evaluate.yaml")) + "]"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+               "monai.bundle", "run", "evaluating", "--config_file", configs, *flags, *FAST, "--output_dir", str(out),
+               "--eval_split", "train"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows, _ = read_csv_rows(out / "submission.csv", "predicted")
+    with open(root / "demo" / "train.csv") as handle:
+        assert [row.slide_id for row in rows] == [row["id"] for row in csv.DictReader(handle)]
+    ranks = sorted(json.loads((out / "summaries" / f"{row.slide_id}.json").read_text())["rank"] for row in rows)
+    assert ranks == [0, 0, 1]  # three slides dealt to two ranks
+    with open(out / "metrics.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == 4  # three slides and the mean
 
 
 def test_missing_dataset_dir_is_one_line_without_traceback(tmp_path):

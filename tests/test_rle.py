@@ -244,3 +244,18 @@ def test_rle_error_is_a_value_error_and_an_input_error():
 
 def test_adjacent_runs_are_accepted_and_a_run_ending_at_the_last_pixel_fits():
     np.testing.assert_array_equal(rle_decode("1 2 3 1 6 1", (3, 2)), np.array([[1, 0], [1, 0], [1, 1]]))
+
+
+def test_band_encoder_skips_empty_columns_without_building_them():
+    rng = np.random.default_rng(7)
+    mask = (rng.random((9, 30)) < 0.4).astype(np.uint8)
+    mask[:, 5:12] = 0
+    mask[:, 20:26] = 0
+    mask[-1, 4] = mask[0, 12] = 1  # runs that end right before and start right after the gaps
+    encoder = ColumnRunEncoder(9)
+    encoder.add(mask[:, :5])
+    encoder.add_empty(7)
+    encoder.add(mask[:, 12:20])
+    encoder.add_empty(6)
+    encoder.add(mask[:, 26:])
+    assert encoder.result() == rle_encode(mask)

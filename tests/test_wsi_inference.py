@@ -171,8 +171,16 @@ def test_a_window_that_cannot_be_read_fails_its_slide_only(slides, tmp_path, mon
 def test_band_upsampling_equals_whole_image_upsampling():
     rng = np.random.default_rng(0)
     probability = zarr.create_array(store={}, shape=(37, 53), chunks=(16, 16), dtype=np.uint8)
-    probability[:] = rng.integers(0, 256, (37, 53), dtype=np.uint8)
+    values = rng.integers(0, 100, (37, 53))
+    values[10:14, 20:35] = rng.integers(100, 256, (4, 15))  # a few hot spots, the rest below the threshold
+    values[30, 50] = 255
+    probability[:] = values.astype(np.uint8)
     source = torch.from_numpy(probability[:].astype(np.float32) / 255)[None, None]
     whole = (F.interpolate(source, scale_factor=4, mode="bilinear", align_corners=False)[0, 0] > 0.5).numpy()
-    bands = np.concatenate([_upsample_threshold(probability, c, c + 10, 4, 0.5) for c in range(0, 53, 10)], axis=1)
-    np.testing.assert_array_equal(bands, whole)
+    bands = []
+    for col in range(0, 53, 10):
+        width = (min(col + 10, 53) - col) * 4
+        band = _upsample_threshold(probability, col, col + 10, 4, 0.5, (37 * 4, width))
+        bands.append(np.zeros((37 * 4, width), np.uint8) if band is None else band)
+    np.testing.assert_array_equal(np.concatenate(bands, axis=1), whole)
+    assert _upsample_threshold(probability, 0, 10, 4, 0.5, (37 * 4, 40)) is None  # nothing hot there

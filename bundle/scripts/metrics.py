@@ -25,12 +25,14 @@ class DiceCounts:
         self.predicted = 0
         self.truth = 0
 
-    def add(self, prediction: np.ndarray | torch.Tensor, truth: np.ndarray | torch.Tensor) -> None:
-        """Add one block of binary prediction and truth (same shape)."""
-        prediction, truth = prediction != 0, truth != 0
-        self.intersection += int((prediction & truth).sum())
-        self.predicted += int(prediction.sum())
+    def add(self, prediction: np.ndarray | torch.Tensor | None, truth: np.ndarray | torch.Tensor) -> None:
+        """Add one band of binary prediction and truth (same shape); ``None`` is an empty prediction."""
+        truth = truth != 0
         self.truth += int(truth.sum())
+        if prediction is not None:
+            prediction = prediction != 0
+            self.intersection += int((prediction & truth).sum())
+            self.predicted += int(prediction.sum())
 
     @property
     def dice(self) -> float:

@@ -36,7 +36,7 @@ def write_mask_tiff(path: str | os.PathLike, mask: zarr.Array, resolution_um: fl
         The path written.
     """
     return write_pyramid(
-        path, lambda y0, y1: mask[y0:y1] * np.uint8(255), mask.shape, channels=1, compression="lzw",
+        path, lambda y0, y1: mask[y0:y1] * np.uint8(255), mask.shape, channels=1, compression="zlib",
         reduce="max", resolution_um=resolution_um,
     )
 

@@ -51,10 +51,12 @@ def reduce2x(band: np.ndarray, how: str = "mean") -> np.ndarray:
     """
     h, w = band.shape[:2]
     padded = np.pad(band, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-    blocks = padded.reshape(padded.shape[0] // 2, 2, padded.shape[1] // 2, 2, -1)
+    # the four pixels of each 2 x 2 block as strided views (much faster than a reshape and reduce)
+    corners = padded[0::2, 0::2], padded[1::2, 0::2], padded[0::2, 1::2], padded[1::2, 1::2]
     if how == "max":
-        return blocks.max(axis=(1, 3))
-    return ((blocks.astype(np.uint16).sum(axis=(1, 3)) + 2) // 4).astype(band.dtype)
+        return np.maximum(np.maximum(corners[0], corners[1]), np.maximum(corners[2], corners[3]))
+    total = corners[0].astype(np.uint16) + corners[1] + corners[2] + corners[3]
+    return ((total + 2) >> 2).astype(band.dtype)
 
 
 def pool_mask(mask: np.ndarray, factor: int, how: str = "max") -> np.ndarray:
@@ -113,8 +115,8 @@ def write_pyramid(
         channels: 3 for RGB, 1 for a mask.
         levels: number of levels; default: down to about 512 pixels.
         tile: tile size in pixels (a multiple of 16).
-        compression: tifffile compression: ``"lzw"`` (lossless, read by every viewer and by cuCIM without
-            complaint), ``"jpeg"``, or ``None``.
+        compression: tifffile compression: ``"lzw"`` (lossless; cuCIM reads it without complaint),
+            ``"zlib"`` (lossless, faster and smaller for masks; cuCIM reads it but warns), ``"jpeg"``, or ``None``.
         quality: JPEG quality when ``compression="jpeg"``.
         reduce: ``"mean"`` (images) or ``"max"`` (masks) for the reduced levels.
         resolution_um: microns per pixel at level 0, recorded for viewers when known.

@@ -14,7 +14,9 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["ColumnRunEncoder", "RleError", "decode_columns", "parse_rle", "rle_decode", "rle_encode"]
+__all__ = [
+    "ColumnRunEncoder", "RleError", "decode_columns", "parse_rle", "rle_decode", "rle_encode", "rle_encode_columns",
+]
 
 
 class RleError(InputError, ValueError):
@@ -152,6 +154,16 @@ class ColumnRunEncoder:
         self._parts: list[str] = []
         self._open_start: int | None = None  # 1-indexed start of a run still running at the last band's end
 
+    def add_empty(self, columns: int) -> None:
+        """Append ``columns`` empty columns (no foreground) without building them."""
+        if columns <= 0:
+            return
+        if self._open_start is not None:
+            end = self._columns_done * self.height + 1
+            self._parts.append(f"{self._open_start} {end - self._open_start}")
+            self._open_start = None
+        self._columns_done += columns
+
     def add(self, band: np.ndarray) -> None:
         """Append the next band of columns.
 
@@ -186,3 +198,19 @@ class ColumnRunEncoder:
             self._parts.append(f"{self._open_start} {end - self._open_start}")
             self._open_start = None
         return " ".join(self._parts)
+
+
+def rle_encode_columns(mask, band: int = 1024) -> str:
+    """Encode a mask too large to hold (e.g. an on-disk zarr array) a band of columns at a time.
+
+    Args:
+        mask: a 2D array-like that supports ``mask[:, c0:c1]``.
+        band: columns read per step.
+
+    Returns:
+        The same string as :func:`rle_encode` on the whole mask.
+    """
+    encoder = ColumnRunEncoder(mask.shape[0])
+    for col in range(0, mask.shape[1], band):
+        encoder.add(np.asarray(mask[:, col : col + band]))
+    return encoder.result()

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .demo import ensure_demo
-from .distributed import rank_share
+from .distributed import barrier, is_main_process, rank_share
 from .errors import DatasetError, InputError
 from .layout import HubmapFolder, is_safe_id
 from .prepare import PreparedSlide, prepare_slide
@@ -62,9 +62,12 @@ class SlideSet:
 
 
 def open_dataset(dataset_dir: str, demo_dir: str) -> HubmapFolder:
-    """The dataset folder; the built-in demo is generated first when it is the one asked for."""
+    """The dataset folder; the built-in demo is generated first when it is the one asked for (by
+    rank 0 alone under ``torchrun``, the others waiting for it)."""
     if Path(dataset_dir).resolve() == Path(demo_dir).resolve():
-        ensure_demo(demo_dir)
+        if is_main_process():
+            ensure_demo(demo_dir)
+        barrier()
     return HubmapFolder(Path(dataset_dir))
 
 

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import shutil
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -33,7 +35,7 @@ from ignite.engine import Engine, Events
 from tqdm import tqdm
 
 from .annotations import trace_polygons, write_annotations
-from .distributed import barrier, is_main_process
+from .distributed import barrier, is_main_process, rank
 from .files import write_csv, write_text_atomic
 from .metrics import DiceCounts, mean_dice
 from .outputs import outline_overlay, write_mask_tiff, write_png, write_submission
@@ -50,6 +52,7 @@ logger = logging.getLogger(__name__)
 BAND = 512  # working-resolution columns per band when building the level-0 mask
 PREVIEW_SIDE = 1024  # longest side of preview PNGs, in pixels (about)
 PRED_COLOUR, TRUTH_COLOUR = (0, 200, 0), (30, 60, 255)
+QUEUE_WINDOWS = 64  # predicted windows waiting for the writer thread, at most
 
 
 def working_shape(slide: PreparedSlide) -> tuple[int, int]:
@@ -108,7 +111,8 @@ class SlidePredictionWriter:
     """Ignite handler that stitches window predictions and writes each slide's results.
 
     Attach it to the inference evaluator; ``postprocessing`` must leave ``pred`` as a sigmoid
-    probability.
+    probability. Stitching and writing run in a worker thread fed through a bounded queue, so
+    they overlap with the network (on a GPU, or on the CPU cores the network leaves free).
 
     Args:
         output_dir: where results go.
@@ -143,6 +147,9 @@ class SlidePredictionWriter:
         self._finished: set[str] = set()
         self._work = self.output_dir / ".work"
         self._overall: tqdm | None = None
+        self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_WINDOWS)
+        self._worker: threading.Thread | None = None
+        self._worker_error: BaseException | None = None
 
     def attach(self, engine: Engine) -> None:
         """Collect windows after every iteration; finish the run when the evaluator completes."""
@@ -151,23 +158,38 @@ class SlidePredictionWriter:
         engine.add_event_handler(Events.COMPLETED, self.finish)
 
     def start(self, engine: Engine | None = None) -> None:
-        """Open the overall progress bar (one step per slide)."""
+        """Open the overall progress bar (one step per slide) and start the worker thread."""
         self._overall = tqdm(total=len(set(self.slides) - self.done), desc="slides", unit="slide")
+        self._worker = threading.Thread(target=self._drain, name="slide-writer", daemon=True)
+        self._worker.start()
 
     def collect(self, engine: Engine) -> None:
-        """Blend the windows of the last batch; finish each slide whose last window arrived."""
+        """Hand the windows of the last batch to the worker thread, so the network goes on at once.
+
+        The queue is bounded: when the worker falls behind, the network waits instead of memory growing.
+        """
         for item in engine.state.output:
-            meta = item["image"].meta
-            state = self._state(str(meta["slide_id"]))
-            state.bar.update(1)
-            if meta["read_error"]:
-                state.error = state.error or f"a window at {[int(v) for v in meta['location']]} could not be read ({meta['read_error']})"
-            probability = item["pred"][0].detach().float().cpu().numpy()
-            _, bands, complete = self.stitchers.add(meta, probability)
-            for row, band in bands:
-                state.probability[row : row + len(band)] = np.rint(band * 255).astype(np.uint8)
-            if complete:
-                self._finish_slide(state)
+            self._queue.put((dict(item["image"].meta), item["pred"][0].detach().float().cpu().numpy()))
+
+    def _drain(self) -> None:
+        """Worker thread: stitch windows and write slides until told to stop (``None``)."""
+        while (task := self._queue.get()) is not None:
+            try:
+                self._add_window(*task)
+            except BaseException as error:  # surfaced by finish(), after the queue is drained
+                self._worker_error = self._worker_error or error
+
+    def _add_window(self, meta: dict, probability: np.ndarray) -> None:
+        """Blend one window into its slide; finish the slide when it was the last one."""
+        state = self._state(str(meta["slide_id"]))
+        state.bar.update(1)
+        if meta["read_error"]:
+            state.error = state.error or f"a window at {[int(v) for v in meta['location']]} could not be read ({meta['read_error']})"
+        _, bands, complete = self.stitchers.add(meta, probability)
+        for row, band in bands:
+            state.probability[row : row + len(band)] = np.rint(band * 255).astype(np.uint8)
+        if complete:
+            self._finish_slide(state)
 
     def _state(self, slide_id: str) -> _SlideState:
         if slide_id not in self._states:
@@ -213,7 +235,7 @@ class SlidePredictionWriter:
         write_annotations(self.output_dir / "glomeruli" / f"{name}.geojson", polygons)
         if self.save_heatmap:
             write_pyramid(self.output_dir / "heatmaps" / f"{name}.tiff", lambda y0, y1: probability[y0:y1],
-                          probability.shape, channels=1, compression="lzw")
+                          probability.shape, channels=1, compression="zlib")
         outlines = [(thumbs.truth, TRUTH_COLOUR)] if thumbs.truth is not None else []
         write_png(self.output_dir / "previews" / f"{name}.png",
                   outline_overlay(thumbnail, [*outlines, (thumbs.prediction, PRED_COLOUR)]))
@@ -222,7 +244,7 @@ class SlidePredictionWriter:
         summary = {
             "id": name, "width": slide.shape[1], "height": slide.shape[0], "glomeruli": len(polygons),
             "glomerulus_pixels": area, "tissue_fraction": round(float(np.mean(tissue > 0)), 4),
-            "seconds": round(seconds + time.monotonic() - started, 1),
+            "seconds": round(seconds + time.monotonic() - started, 1), "rank": rank(),
         }
         if counts is not None:
             summary["dice"] = round(counts.dice, 6)
@@ -233,6 +255,10 @@ class SlidePredictionWriter:
         """Finish the slides no window reached, then (on rank 0) assemble submission and metrics."""
         if self._overall is None:
             self.start()
+        self._queue.put(None)
+        self._worker.join()
+        if self._worker_error is not None:
+            raise self._worker_error
         for slide_id in self.slides:
             if slide_id not in self.done | self._finished | set(self.failed):
                 self._finish_slide(self._state(slide_id))  # no tissue window: an empty prediction
@@ -289,6 +315,9 @@ def _level0_pass(slide: PreparedSlide, probability: zarr.Array, mask: zarr.Array
                  threshold: float, truth: str | None) -> tuple[str, DiceCounts | None, int]:
     """Build the level-0 mask band by band: upsample, threshold, encode, score, draw.
 
+    Bands where no probability reaches the threshold are known to be empty without upsampling
+    (bilinear values never exceed their neighbours'), which is most of a slide.
+
     Returns:
         ``(rle, Dice counts or None, foreground pixels)``.
     """
@@ -301,10 +330,13 @@ def _level0_pass(slide: PreparedSlide, probability: zarr.Array, mask: zarr.Array
     band = max(BAND, thumbs.scale // scale)  # working columns; a level-0 band is a multiple of the preview scale
     for col in range(0, probability.shape[1], band):
         x0, x1 = col * scale, min((col + band) * scale, width)
-        predicted = _upsample_threshold(probability, col, col + band, scale, threshold)[:height, : x1 - x0]
-        encoder.add(predicted)
-        mask[:, x0:x1] = predicted
-        area += int(predicted.sum())
+        predicted = _upsample_threshold(probability, col, col + band, scale, threshold, (height, x1 - x0))
+        if predicted is None:
+            encoder.add_empty(x1 - x0)
+        else:
+            encoder.add(predicted)
+            mask[:, x0:x1] = predicted
+            area += int(predicted.sum())
         truth_band = decode_columns(*truth_runs, height, x0, x1) if truth_runs is not None else None
         if counts is not None:
             counts.add(predicted, truth_band)
@@ -320,17 +352,41 @@ def _preview_downsample(shape: tuple[int, int]) -> int:
     return downsample
 
 
-def _upsample_threshold(probability: zarr.Array, col0: int, col1: int, scale: int, threshold: float) -> np.ndarray:
+def _upsample_threshold(probability: zarr.Array, col0: int, col1: int, scale: int, threshold: float,
+                        shape: tuple[int, int]) -> np.ndarray | None:
     """Level-0 mask of working columns ``[col0, col1)``: bilinear upsampling, then the threshold.
 
-    One working column of context on each side makes the band equal to the same columns of an
-    upsampling of the whole slide (bilinear weights reach one source pixel across).
+    Only the rows around values above the threshold are upsampled. One working row and column of
+    context around them makes the result equal to the same pixels of an upsampling of the whole
+    slide (bilinear weights reach one source pixel across).
+
+    Args:
+        probability: the slide's probabilities at the working resolution (``uint8``).
+        col0: first working column.
+        col1: last working column (exclusive).
+        scale: level-0 pixels per working pixel.
+        threshold: probability threshold.
+        shape: ``(height, width)`` of the level-0 band to return.
+
+    Returns:
+        The ``uint8`` band, or ``None`` when nothing in it reaches the threshold.
     """
     lo, hi = max(col0 - 1, 0), min(col1 + 1, probability.shape[1])
-    source = torch.from_numpy(probability[:, lo:hi].astype(np.float32) / 255)[None, None]
-    upsampled = source if scale == 1 else F.interpolate(source, scale_factor=scale, mode="bilinear", align_corners=False)
-    start = (col0 - lo) * scale
-    return (upsampled[0, 0, :, start : start + (min(col1, probability.shape[1]) - col0) * scale] > threshold).numpy().astype(np.uint8)
+    source = probability[:, lo:hi]
+    hot = np.flatnonzero(source.max(axis=1) > threshold * 255)
+    if not len(hot):
+        return None
+    first, last = max(hot[0] - 1, 0), min(hot[-1] + 2, source.shape[0])  # rows that can reach the threshold
+    top, bottom = max(first - 1, 0), min(last + 1, source.shape[0])  # and their context
+    block = torch.from_numpy(source[top:bottom].astype(np.float32) / 255)[None, None]
+    if scale > 1:
+        block = F.interpolate(block, scale_factor=scale, mode="bilinear", align_corners=False)
+    rows = slice((first - top) * scale, (last - top) * scale)
+    cols = slice((col0 - lo) * scale, (col0 - lo) * scale + shape[1])
+    band = np.zeros(shape, np.uint8)
+    kept = (block[0, 0, rows, cols] > threshold).numpy()
+    band[first * scale : first * scale + kept.shape[0]] = kept[: shape[0] - first * scale]
+    return band
 
 
 class _Thumbnails:
@@ -341,7 +397,7 @@ class _Thumbnails:
         self.prediction = np.zeros(shape, dtype=bool)
         self.truth = np.zeros(shape, dtype=bool) if with_truth else None
 
-    def add(self, x0: int, predicted: np.ndarray, truth: np.ndarray | None) -> None:
+    def add(self, x0: int, predicted: np.ndarray | None, truth: np.ndarray | None) -> None:
         col = x0 // self.scale
         for target, band in ((self.prediction, predicted), (self.truth, truth)):
             if target is not None and band is not None:

@@ -1,0 +1,52 @@
+"""Shared by the benchmark scripts: the bundle on the import path, and slides to measure on."""
+
+from __future__ import annotations
+
+import resource
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundle"
+SHARED = REPO.parent / "shared"
+sys.path.insert(0, str(BUNDLE))
+
+
+def peak_rss_mib(children: bool = False) -> float:
+    """Peak resident memory of this process (or of its waited-for children), MiB."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF)
+    return usage.ru_maxrss / 1024
+
+
+def tiled_slide(path: Path, source: Path, rows: int, cols: int, glass_cols: int = 0,
+                crop: tuple[int, int] | None = None) -> tuple[int, int]:
+    """Write a large slide made of ``rows x cols`` copies of a real or demo slide, plus ``glass_cols``
+    copies' width of empty glass on the right, band by band (never whole in memory).
+
+    Args:
+        path: the slide to write.
+        source: the slide to copy.
+        rows: copies down.
+        cols: copies across.
+        glass_cols: copies' width of glass on the right.
+        crop: cut the result to this ``(height, width)``.
+
+    Returns:
+        The slide's ``(height, width)``.
+    """
+    from cucim import CuImage
+    from scripts.pyramid import write_pyramid
+
+    tile = np.asarray(CuImage(str(source)).read_region(location=(0, 0), level=0, device="cpu"))[..., :3]
+    height, width = crop or (tile.shape[0] * rows, tile.shape[1] * (cols + glass_cols))
+    glass = np.full((tile.shape[0], tile.shape[1] * glass_cols, 3), 240, np.uint8)
+    strip = np.concatenate([np.concatenate([tile] * cols, axis=1), glass], axis=1)[:, :width]
+
+    def read_band(y0: int, y1: int) -> np.ndarray:
+        rows_index = np.arange(y0, y1) % tile.shape[0]
+        return strip[rows_index]
+
+    write_pyramid(path, read_band, (height, width), compression="jpeg", quality=90)
+    return height, width

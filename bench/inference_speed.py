@@ -1,0 +1,169 @@
+"""Whole-slide inference speed and memory, measured side by side in one run on one slide.
+
+Three runs, each in its own process (so peak memory is its own), same network, window, overlap
+and batch:
+
+- ``ours``: the bundle's inference (slide preparation, tissue windows read by DataLoader workers,
+  band-by-band stitching, level-0 mask, RLE, mask TIFF, GeoJSON, preview) from its config;
+- ``network``: the network alone on as many windows as ``ours`` ran, from tensors already in memory;
+- ``stock``: MONAI's stock approach: the slide loaded whole at the working resolution, then
+  ``sliding_window_inference`` over every window, then upsampled to level 0, thresholded and
+  encoded; run once as it comes (float32) and once with the bundle's inferer (mixed precision,
+  channels-last), to tell the pipeline's gain from the precision's.
+
+Prints the pipeline/network time ratio (goal: at most 1.25), the stock/ours time ratio (goal:
+at least 1.8) with both peak memories, and throughput in level-0 megapixels per second.
+
+The slide is built from the demo's test slide (``--rows`` x ``--cols`` copies and ``--glass``
+copies' width of empty glass: the default is about half tissue). The checkpoint is the bundle's
+trained model (train first: the README's first command), so predictions look like real ones.
+
+    python bench/inference_speed.py                    # CPU
+    python bench/inference_speed.py --device cuda --batch 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import BUNDLE, peak_rss_mib, tiled_slide
+
+CONFIG = BUNDLE / "configs" / "inference.yaml"
+
+
+def overrides(args: argparse.Namespace, work: Path) -> dict:
+    return {"dataset_dir": str(work / "data"), "output_dir": str(work / "ours"), "cache_dir": str(work / "cache"),
+            "ckpt_path": args.ckpt, "infer_roi": args.roi, "overlap": args.overlap, "batch_size": args.batch,
+            "device": f"$torch.device('{args.device}')", "overwrite": True, "num_workers": args.workers}
+
+
+def parser_for(args: argparse.Namespace, work: Path):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIG))
+    parser.update(overrides(args, work))
+    return parser
+
+
+def run_ours(args: argparse.Namespace, work: Path) -> dict:
+    parser = parser_for(args, work)
+    started = time.perf_counter()
+    parser.get_parsed_content("inference")
+    seconds = time.perf_counter() - started
+    windows = len(parser.get_parsed_content("dataset"))
+    return {"seconds": seconds, "windows": windows}
+
+
+def run_network(args: argparse.Namespace, work: Path, windows: int) -> dict:
+    """The network as the pipeline runs it (its inferer: precision, layout), on in-memory tensors."""
+    parser = parser_for(args, work)
+    network, inferer = parser.get_parsed_content("network").eval(), parser.get_parsed_content("inferer")
+    batch = torch.rand(args.batch, 3, args.roi, args.roi, device=args.device)
+    with torch.no_grad():
+        inferer(batch, network)  # warm-up
+        started = time.perf_counter()
+        for _ in range(-(-windows // args.batch)):
+            torch.sigmoid(inferer(batch, network)).cpu()
+        seconds = time.perf_counter() - started
+    return {"seconds": seconds}
+
+
+def run_stock(args: argparse.Namespace, work: Path, mixed_precision: bool = False) -> dict:
+    """MONAI's stock approach; with ``mixed_precision`` the network runs through the bundle's
+    inferer (same precision and layout as ours), to separate the pipeline's gain from the precision's."""
+    from monai.data import WSIReader
+    from monai.inferers import sliding_window_inference
+    from scripts.rle import rle_encode
+    from scripts.slides import inspect_slide, working_level
+
+    parser = parser_for(args, work)
+    network = parser.get_parsed_content("network").eval()
+    network.load_state_dict(torch.load(args.ckpt, map_location=args.device, weights_only=True))
+    inferer = parser.get_parsed_content("inferer")
+    predictor = (lambda x: inferer(x, network)) if mixed_precision else network
+    slide = work / "data" / "test" / "bench.tiff"
+    started = time.perf_counter()
+    level = working_level(inspect_slide(slide, 2), 2)
+    reader = WSIReader(backend="cucim", level=level)
+    image, _ = reader.get_data(reader.read(str(slide)), level=level)
+    inputs = torch.from_numpy(np.asarray(image, np.float32) / 255)[None].to(args.device)
+    with torch.no_grad():
+        logits = sliding_window_inference(inputs, args.roi, args.batch, predictor, overlap=args.overlap, mode="gaussian")
+        height, width = inspect_slide(slide).shape
+        probability = torch.nn.functional.interpolate(torch.sigmoid(logits), scale_factor=2, mode="bilinear")
+        mask = (probability[0, 0, :height, :width] > 0.5).cpu().numpy()
+    rle_encode(mask)
+    return {"seconds": time.perf_counter() - started}
+
+
+def child(args: argparse.Namespace, variant: str, work: Path, windows: int = 0) -> dict:
+    """Run one variant in a fresh process; its result plus its peak memory."""
+    command = [sys.executable, __file__, "--variant", variant, "--work", str(work), "--windows", str(windows),
+               "--ckpt", args.ckpt, "--roi", str(args.roi), "--overlap", str(args.overlap), "--batch",
+               str(args.batch), "--device", args.device, "--workers", str(args.workers)]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ckpt", default=str(BUNDLE / "models" / "model.pt"))
+    parser.add_argument("--demo", default=str(BUNDLE / "data" / "demo"))
+    parser.add_argument("--rows", type=int, default=2)
+    parser.add_argument("--cols", type=int, default=2)
+    parser.add_argument("--glass", type=int, default=1)
+    parser.add_argument("--roi", type=int, default=512)
+    parser.add_argument("--overlap", type=float, default=0.25)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of ours")
+    parser.add_argument("--variant", choices=["ours", "network", "stock", "stock_mixed"], help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    parser.add_argument("--windows", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.variant:  # a child: one measurement, printed as JSON
+        work = Path(args.work)
+        run = {"ours": lambda: run_ours(args, work), "network": lambda: run_network(args, work, args.windows),
+               "stock": lambda: run_stock(args, work), "stock_mixed": lambda: run_stock(args, work, True)}[args.variant]
+        print(json.dumps({**run(), "peak_mib": peak_rss_mib()}))
+        return
+
+    if not Path(args.ckpt).is_file():
+        sys.exit(f"no checkpoint at {args.ckpt}: train first (README's first command) or pass --ckpt")
+    with tempfile.TemporaryDirectory(prefix="bench-") as folder:
+        work = Path(folder)
+        (work / "data" / "test").mkdir(parents=True)
+        source = sorted((Path(args.demo) / "test").glob("*.tiff"))[0]
+        height, width = tiled_slide(work / "data" / "test" / "bench.tiff", source, args.rows, args.cols, args.glass)
+        ours = child(args, "ours", work)
+        network = child(args, "network", work, ours["windows"])
+        stock = child(args, "stock", work)
+        stock_mixed = child(args, "stock_mixed", work)
+        tissue = json.loads((work / "ours" / "summaries" / "bench.json").read_text())["tissue_fraction"]
+    megapixels = height * width / 1e6
+    print(f"slide {width} x {height} ({megapixels:.0f} MP at level 0, tissue {tissue:.0%}), roi {args.roi}, "
+          f"overlap {args.overlap}, batch {args.batch}, device {args.device}, torch threads {torch.get_num_threads()}")
+    print(f"ours:    {ours['seconds']:.1f} s for {ours['windows']} tissue windows, peak {ours['peak_mib']:.0f} MiB, "
+          f"{megapixels / ours['seconds']:.1f} MP/s")
+    print(f"network: {network['seconds']:.1f} s for the same windows")
+    print(f"stock:   {stock['seconds']:.1f} s, peak {stock['peak_mib']:.0f} MiB, {megapixels / stock['seconds']:.1f} MP/s")
+    print(f"stock with the bundle's precision and layout: {stock_mixed['seconds']:.1f} s, "
+          f"peak {stock_mixed['peak_mib']:.0f} MiB")
+    print(f"pipeline/network time ratio: {ours['seconds'] / network['seconds']:.2f} (goal <= 1.25)")
+    print(f"stock/ours time ratio: {stock['seconds'] / ours['seconds']:.2f} (goal >= 1.8); "
+          f"peak memory ours {ours['peak_mib']:.0f} MiB vs stock {stock['peak_mib']:.0f} MiB")
+    print(f"stock with the same precision/ours time ratio: {stock_mixed['seconds'] / ours['seconds']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
