@@ -21,7 +21,7 @@ def peak_rss_mib(children: bool = False) -> float:
 
 
 def tiled_slide(path: Path, source: Path, rows: int, cols: int, glass_cols: int = 0,
-                crop: tuple[int, int] | None = None) -> tuple[int, int]:
+                crop: tuple[int, int] | None = None, compression: str = "jpeg") -> tuple[int, int]:
     """Write a large slide made of ``rows x cols`` copies of a real or demo slide, plus ``glass_cols``
     copies' width of empty glass on the right, band by band (never whole in memory).
 
@@ -32,6 +32,7 @@ def tiled_slide(path: Path, source: Path, rows: int, cols: int, glass_cols: int 
         cols: copies across.
         glass_cols: copies' width of glass on the right.
         crop: cut the result to this ``(height, width)``.
+        compression: ``"jpeg"`` (as scanners write) or ``"zlib"``.
 
     Returns:
         The slide's ``(height, width)``.
@@ -48,5 +49,6 @@ def tiled_slide(path: Path, source: Path, rows: int, cols: int, glass_cols: int 
         rows_index = np.arange(y0, y1) % tile.shape[0]
         return strip[rows_index]
 
-    write_pyramid(path, read_band, (height, width), compression="jpeg", quality=90)
+    write_pyramid(path, read_band, (height, width), compression=compression,
+                  quality=90 if compression == "jpeg" else None)
     return height, width

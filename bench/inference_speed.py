@@ -126,6 +126,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of ours")
+    parser.add_argument("--slide-compression", default="jpeg", choices=["jpeg", "zlib"])
     parser.add_argument("--variant", choices=["ours", "network", "stock", "stock_mixed"], help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--windows", type=int, default=0, help=argparse.SUPPRESS)
@@ -144,7 +145,8 @@ def main() -> None:
         work = Path(folder)
         (work / "data" / "test").mkdir(parents=True)
         source = sorted((Path(args.demo) / "test").glob("*.tiff"))[0]
-        height, width = tiled_slide(work / "data" / "test" / "bench.tiff", source, args.rows, args.cols, args.glass)
+        height, width = tiled_slide(work / "data" / "test" / "bench.tiff", source, args.rows, args.cols, args.glass,
+                                    compression=args.slide_compression)
         ours = child(args, "ours", work)
         network = child(args, "network", work, ours["windows"])
         stock = child(args, "stock", work)
