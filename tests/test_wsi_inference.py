@@ -13,7 +13,6 @@ import pytest
 import tifffile
 import torch
 import torch.nn.functional as F
-import zarr
 from conftest import disc_slide, write_slide
 from monai.data import DataLoader
 from monai.engines import SupervisedEvaluator
@@ -21,13 +20,13 @@ from monai.inferers import SimpleInferer
 from monai.transforms import Activationsd, Compose, ScaleIntensityRanged
 from scripts.annotations import rasterize, read_annotations
 from scripts.datasets import SlideRegionDataset
+from scripts.level0 import upsample_threshold
 from scripts.prepare import prepare_slide
 from scripts.rle import rle_decode, rle_encode
 from scripts.slides import read_thumbnail
 from scripts.stitching import blend_weights
 from scripts.wsi_inference import (
     SlidePredictionWriter,
-    _upsample_threshold,
     finished_slides,
     window_datalist,
 )
@@ -170,17 +169,16 @@ def test_a_window_that_cannot_be_read_fails_its_slide_only(slides, tmp_path, mon
 
 def test_band_upsampling_equals_whole_image_upsampling():
     rng = np.random.default_rng(0)
-    probability = zarr.create_array(store={}, shape=(37, 53), chunks=(16, 16), dtype=np.uint8)
     values = rng.integers(0, 100, (37, 53))
     values[10:14, 20:35] = rng.integers(100, 256, (4, 15))  # a few hot spots, the rest below the threshold
     values[30, 50] = 255
-    probability[:] = values.astype(np.uint8)
-    source = torch.from_numpy(probability[:].astype(np.float32) / 255)[None, None]
+    probability = values.astype(np.uint8)
+    source = torch.from_numpy(probability.astype(np.float32) / 255)[None, None]
     whole = (F.interpolate(source, scale_factor=4, mode="bilinear", align_corners=False)[0, 0] > 0.5).numpy()
     bands = []
-    for col in range(0, 53, 10):
-        width = (min(col + 10, 53) - col) * 4
-        band = _upsample_threshold(probability, col, col + 10, 4, 0.5, (37 * 4, width))
-        bands.append(np.zeros((37 * 4, width), np.uint8) if band is None else band)
-    np.testing.assert_array_equal(np.concatenate(bands, axis=1), whole)
-    assert _upsample_threshold(probability, 0, 10, 4, 0.5, (37 * 4, 40)) is None  # nothing hot there
+    for row in range(0, 37, 5):  # bands of rows, each with a row of context above and below
+        first, stop = max(row - 1, 0), min(row + 6, 37)
+        band = upsample_threshold(probability[first:stop], slice(row - first, min(row + 5, 37) - first), 4, 0.5)
+        bands.append(np.zeros(((min(row + 5, 37) - row) * 4, 53 * 4), np.uint8) if band is None else band)
+    np.testing.assert_array_equal(np.concatenate(bands, axis=0), whole)
+    assert upsample_threshold(probability[:6], slice(0, 5), 4, 0.5) is None  # nothing hot there

@@ -160,10 +160,12 @@ def trace_polygons(read_mask: Callable[[int, int, int, int], np.ndarray], shape:
         for tx in range(0, width, tile):
             y0, x0 = max(ty - halo, 0), max(tx - halo, 0)
             window = read_mask(y0, x0, min(ty + tile + halo, height), min(tx + tile + halo, width))
-            labels, _ = ndimage.label(window)
+            labels, count = ndimage.label(window)
+            sizes = np.bincount(labels.ravel(), minlength=count + 1)
             for index, box in enumerate(ndimage.find_objects(labels), start=1):
                 top, left = y0 + box[0].start, x0 + box[1].start
-                if ty <= top < ty + tile and tx <= left < tx + tile:
+                # specks far below min_area are not worth tracing (a polygon's area is about its pixels')
+                if ty <= top < ty + tile and tx <= left < tx + tile and sizes[index] * scale**2 >= min_area / 2:
                     component = labels[box] == index
                     annotations += mask_to_annotations(component, name, scale, (top * scale, left * scale), min_area)
     return annotations

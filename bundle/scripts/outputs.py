@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import imagecodecs
@@ -24,21 +24,27 @@ def write_submission(path: str | os.PathLike, predictions: dict[str, str]) -> Pa
     return write_csv(path, ("id", "predicted"), predictions.items())
 
 
-def write_mask_tiff(path: str | os.PathLike, mask: zarr.Array, resolution_um: float | None = None) -> Path:
+def write_mask_tiff(path: str | os.PathLike, mask: zarr.Array, resolution_um: float | None = None,
+                    wait: Callable[[int], None] | None = None) -> Path:
     """Write a level-0 binary mask (0/1 zarr array) as a tiled pyramidal 8-bit TIFF (0/255), band by band.
 
     Args:
         path: output ``.tiff``.
         mask: ``(height, width)`` array of 0 and 1.
         resolution_um: microns per pixel, when known.
+        wait: called with ``y1`` before rows ``[y0, y1)`` are read, for a mask still being written.
 
     Returns:
         The path written.
     """
-    return write_pyramid(
-        path, lambda y0, y1: mask[y0:y1] * np.uint8(255), mask.shape, channels=1, compression="zlib",
-        reduce="max", resolution_um=resolution_um,
-    )
+
+    def read_band(y0: int, y1: int) -> np.ndarray:
+        if wait is not None:
+            wait(y1)
+        return mask[y0:y1] * np.uint8(255)
+
+    return write_pyramid(path, read_band, mask.shape, channels=1, compression="zlib", reduce="max",
+                         resolution_um=resolution_um)
 
 
 def outline_overlay(image: np.ndarray, masks: Sequence[tuple[np.ndarray, tuple[int, int, int]]], width: int = 1) -> np.ndarray:

@@ -117,7 +117,8 @@ class BandStitcher:
         self.roi = weights.shape[0]
         self._skipped = list(skipped)
         self._next_skipped = 0
-        self._top = 0  # slide row held in buffer row 0
+        self._top = 0  # first slide row not yet released
+        # a ring of rows: slide row r lives in buffer row r % len(buffer), so releasing moves nothing
         self._sum = np.zeros((2 * self.roi, width), np.float32)
         self._weight = np.zeros((2 * self.roi, width), np.float32)
 
@@ -137,8 +138,16 @@ class BandStitcher:
         for y, x in self._skipped[self._next_skipped :]:
             yield from self._add_window(None, y, x)
         self._next_skipped = len(self._skipped)
-        while self._top < self.height:
-            yield from self._release(min(self._top + self.roi, self.height))
+        yield from self._release(self.height)
+
+    def _segments(self, first: int, stop: int) -> Iterator[tuple[int, int, int]]:
+        """``(slide row, buffer row, count)`` pieces of slide rows ``[first, stop)`` in the ring."""
+        size = len(self._sum)
+        while first < stop:
+            start = first % size
+            count = min(stop - first, size - start)
+            yield first, start, count
+            first += count
 
     def _add_window(self, probability: np.ndarray | None, y: int, x: int) -> Iterator[tuple[int, np.ndarray]]:
         """Release the rows above ``y``, then add the window (``None``: a skipped one, predicting 0)."""
@@ -148,23 +157,22 @@ class BandStitcher:
         # the part of the window inside the slide (windows reach past the slide's edges)
         r0, c0 = max(-y, 0), max(-x, 0)
         r1, c1 = min(self.roi, self.height - y), min(self.roi, self.width - x)
-        weights = self.weights[r0:r1, c0:c1]
-        rows = slice(y + r0 - self._top, y + r1 - self._top)
-        if probability is not None:
-            self._sum[rows, x + c0 : x + c1] += probability[r0:r1, c0:c1] * weights
-        self._weight[rows, x + c0 : x + c1] += weights
+        for row, start, count in self._segments(y + r0, y + r1):
+            offset = row - y
+            weights = self.weights[offset : offset + count, c0:c1]
+            if probability is not None:
+                self._sum[start : start + count, x + c0 : x + c1] += probability[offset : offset + count, c0:c1] * weights
+            self._weight[start : start + count, x + c0 : x + c1] += weights
 
     def _release(self, until: int) -> Iterator[tuple[int, np.ndarray]]:
-        """Hand on rows ``[top, until)`` and shift the buffer so the next window fits."""
+        """Hand on rows ``[top, until)`` and clear their place in the ring."""
         until = min(until, self.height)
-        while self._top < until:
-            count = min(until - self._top, len(self._sum))
-            weight = self._weight[:count]
-            yield self._top, np.divide(self._sum[:count], weight, out=np.zeros_like(weight), where=weight > 0)
-            for buffer in (self._sum, self._weight):
-                buffer[:-count] = buffer[count:].copy()
-                buffer[-count:] = 0
-            self._top += count
+        for row, start, count in self._segments(self._top, until):
+            total, weight = self._sum[start : start + count], self._weight[start : start + count]
+            yield row, np.divide(total, weight, out=np.zeros_like(weight), where=weight > 0)
+            total[:] = 0
+            weight[:] = 0
+        self._top = max(self._top, until)
 
 
 class SlideStitchers:

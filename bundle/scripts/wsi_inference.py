@@ -3,11 +3,11 @@ predictions into per-slide results.
 
 Only windows that touch tissue are listed (a lookup in the slide's low-resolution tissue mask);
 MONAI's DataLoader reads them through cuCIM in worker processes while the network runs on the
-previous batch. :class:`SlidePredictionWriter` blends each window into its slide band by band
-(:mod:`scripts.stitching`), keeps the probabilities in a chunked zarr array at the working
-resolution, and when a slide's last window arrives builds the level-0 mask one band of columns at
-a time (bilinear upsampling, threshold) while encoding its RLE, scoring it and drawing its preview.
-Nothing ever holds a whole slide at level 0.
+previous batch. :class:`SlidePredictionWriter`, in a thread of its own, blends each window into
+its slide band by band (:mod:`scripts.stitching`), keeps the probabilities in a chunked zarr array
+at the working resolution and, as rows become final, extends the slide's level-0 mask and its
+pyramidal TIFF (:mod:`scripts.level0`); after the slide's last window it encodes the RLE, scores
+it, traces the glomeruli and draws the preview. Nothing ever holds a whole slide at level 0.
 
 Per slide, under ``output_dir``: ``rle/<id>.txt``, ``masks/<id>.tiff``, ``glomeruli/<id>.geojson``,
 ``previews/<id>.png``, optionally ``heatmaps/<id>.tiff``, and ``summaries/<id>.json`` last, which
@@ -28,8 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+import tifffile
 import zarr
 from ignite.engine import Engine, Events
 from tqdm import tqdm
@@ -37,11 +36,12 @@ from tqdm import tqdm
 from .annotations import trace_polygons, write_annotations
 from .distributed import barrier, is_main_process, rank
 from .files import write_csv, write_text_atomic
+from .level0 import Level0Mask
 from .metrics import DiceCounts, mean_dice
-from .outputs import outline_overlay, write_mask_tiff, write_png, write_submission
+from .outputs import outline_overlay, write_png, write_submission
 from .prepare import PreparedSlide
-from .pyramid import level_shape, pool_mask, write_pyramid
-from .rle import ColumnRunEncoder, decode_columns, parse_rle
+from .pyramid import level_shape, write_pyramid
+from .rle import decode_columns, parse_rle
 from .slides import read_thumbnail
 from .stitching import SlideStitchers, slide_windows
 
@@ -49,7 +49,7 @@ __all__ = ["SlidePredictionWriter", "finished_slides", "window_datalist"]
 
 logger = logging.getLogger(__name__)
 
-BAND = 512  # working-resolution columns per band when building the level-0 mask
+BAND = 512  # chunk side of the working-resolution probabilities
 PREVIEW_SIDE = 1024  # longest side of preview PNGs, in pixels (about)
 PRED_COLOUR, TRUTH_COLOUR = (0, 200, 0), (30, 60, 255)
 QUEUE_WINDOWS = 64  # predicted windows waiting for the writer thread, at most
@@ -102,6 +102,7 @@ class _SlideState:
 
     slide: PreparedSlide
     probability: zarr.Array
+    level0: Level0Mask
     bar: tqdm
     started: float = field(default_factory=time.monotonic)
     error: str = ""
@@ -180,7 +181,7 @@ class SlidePredictionWriter:
                 self._worker_error = self._worker_error or error
 
     def _add_window(self, meta: dict, probability: np.ndarray) -> None:
-        """Blend one window into its slide; finish the slide when it was the last one."""
+        """Blend one window into its slide, extend its level-0 mask, finish it after its last window."""
         state = self._state(str(meta["slide_id"]))
         state.bar.update(1)
         if meta["read_error"]:
@@ -188,6 +189,8 @@ class SlidePredictionWriter:
         _, bands, complete = self.stitchers.add(meta, probability)
         for row, band in bands:
             state.probability[row : row + len(band)] = np.rint(band * 255).astype(np.uint8)
+        if bands and not state.error:
+            state.level0.extend(state.probability, bands[-1][0] + len(bands[-1][1]))
         if complete:
             self._finish_slide(state)
 
@@ -198,7 +201,10 @@ class SlidePredictionWriter:
                 store=self._work / f"{slide_id}-probability.zarr", shape=working_shape(slide), chunks=(BAND, BAND),
                 dtype=np.uint8, fill_value=0, overwrite=True,
             )
-            self._states[slide_id] = _SlideState(slide, probability, tqdm(desc=slide_id, unit="window", leave=False))
+            level0 = Level0Mask(slide.shape, slide.downscale, self.threshold, self._work / f"{slide_id}-mask.zarr",
+                                self.output_dir / "masks" / f"{slide_id}.tiff")
+            bar = tqdm(desc=slide_id, unit="window", leave=False)
+            self._states[slide_id] = _SlideState(slide, probability, level0, bar)
         return self._states[slide_id]
 
     def _finish_slide(self, state: _SlideState) -> None:
@@ -207,44 +213,43 @@ class SlidePredictionWriter:
         try:
             if state.error:
                 raise RuntimeError(state.error)
-            self._write_slide(slide, state.probability, time.monotonic() - state.started)
+            state.level0.extend(state.probability, state.probability.shape[0])  # all rows are final now
+            self._write_slide(state)
         except Exception as error:  # one slide's failure must not cost the others their results
+            state.level0.abort()
             self.failed[slide.slide_id] = f"{type(error).__name__}: {error}"
             logger.error("%s failed (%s); the other slides go on", slide.slide_id, self.failed[slide.slide_id])
         finally:
-            shutil.rmtree(self._work / f"{slide.slide_id}-probability.zarr", ignore_errors=True)
+            for name in ("probability", "mask"):
+                shutil.rmtree(self._work / f"{slide.slide_id}-{name}.zarr", ignore_errors=True)
             self._states.pop(slide.slide_id, None)
             self._finished.add(slide.slide_id)
             if self._overall is not None:
                 self._overall.update(1)
 
-    def _write_slide(self, slide: PreparedSlide, probability: zarr.Array, seconds: float) -> None:
+    def _write_slide(self, state: _SlideState) -> None:
         """Every result of one slide; the summary last, so a slide with a summary is complete."""
-        started = time.monotonic()
+        slide, probability, name = state.slide, state.probability, state.slide.slide_id
         thumbnail, thumb_scale = read_thumbnail(slide.image, _preview_downsample(slide.shape))
-        mask = zarr.create_array(store=self._work / f"{slide.slide_id}-mask.zarr", shape=slide.shape,
-                                 chunks=(1024, 1024), dtype=np.uint8, fill_value=0, overwrite=True)
-        truth = self.truth.get(slide.slide_id) if self.truth is not None else None
-        thumbs = _Thumbnails(thumbnail.shape[:2], thumb_scale, with_truth=truth is not None)
-        rle, counts, area = _level0_pass(slide, probability, mask, thumbs, self.threshold, truth)
-        name = slide.slide_id
-        write_mask_tiff(self.output_dir / "masks" / f"{name}.tiff", mask)
-        shutil.rmtree(self._work / f"{name}-mask.zarr", ignore_errors=True)
+        truth = self.truth.get(name) if self.truth is not None else None
+        rle, counts, truth_thumb = state.level0.finish(truth, thumb_scale, name)
         polygons = trace_polygons(lambda y0, x0, y1, x1: probability[y0:y1, x0:x1] > self.threshold * 255,
                                   probability.shape, scale=slide.downscale, min_area=self.min_area)
         write_annotations(self.output_dir / "glomeruli" / f"{name}.geojson", polygons)
         if self.save_heatmap:
             write_pyramid(self.output_dir / "heatmaps" / f"{name}.tiff", lambda y0, y1: probability[y0:y1],
                           probability.shape, channels=1, compression="zlib")
-        outlines = [(thumbs.truth, TRUTH_COLOUR)] if thumbs.truth is not None else []
+        # the mask TIFF's pyramid holds the prediction at the preview's scale already (max-reduced)
+        predicted_thumb = tifffile.imread(self.output_dir / "masks" / f"{name}.tiff", level=thumb_scale.bit_length() - 1)
+        outlines = [(truth_thumb, TRUTH_COLOUR)] if truth_thumb is not None else []
         write_png(self.output_dir / "previews" / f"{name}.png",
-                  outline_overlay(thumbnail, [*outlines, (thumbs.prediction, PRED_COLOUR)]))
+                  outline_overlay(thumbnail, [*outlines, (predicted_thumb > 0, PRED_COLOUR)]))
         write_text_atomic(self.output_dir / "rle" / f"{name}.txt", rle)
         tissue = zarr.open_group(slide.store, mode="r")["tissue"][:]
         summary = {
             "id": name, "width": slide.shape[1], "height": slide.shape[0], "glomeruli": len(polygons),
-            "glomerulus_pixels": area, "tissue_fraction": round(float(np.mean(tissue > 0)), 4),
-            "seconds": round(seconds + time.monotonic() - started, 1), "rank": rank(),
+            "glomerulus_pixels": state.level0.area, "tissue_fraction": round(float(np.mean(tissue > 0)), 4),
+            "seconds": round(time.monotonic() - state.started, 1), "rank": rank(),
         }
         if counts is not None:
             summary["dice"] = round(counts.dice, 6)
@@ -311,95 +316,9 @@ def rle_dice(predicted: str, truth: str, shape: tuple[int, int], band: int = 102
     return counts.dice
 
 
-def _level0_pass(slide: PreparedSlide, probability: zarr.Array, mask: zarr.Array, thumbs: _Thumbnails,
-                 threshold: float, truth: str | None) -> tuple[str, DiceCounts | None, int]:
-    """Build the level-0 mask band by band: upsample, threshold, encode, score, draw.
-
-    Bands where no probability reaches the threshold are known to be empty without upsampling
-    (bilinear values never exceed their neighbours'), which is most of a slide.
-
-    Returns:
-        ``(rle, Dice counts or None, foreground pixels)``.
-    """
-    height, width = slide.shape
-    scale = slide.downscale
-    truth_runs = parse_rle(truth, height * width, slide.slide_id) if truth is not None else None
-    counts = DiceCounts() if truth_runs is not None else None
-    encoder = ColumnRunEncoder(height)
-    area = 0
-    band = max(BAND, thumbs.scale // scale)  # working columns; a level-0 band is a multiple of the preview scale
-    for col in range(0, probability.shape[1], band):
-        x0, x1 = col * scale, min((col + band) * scale, width)
-        predicted = _upsample_threshold(probability, col, col + band, scale, threshold, (height, x1 - x0))
-        if predicted is None:
-            encoder.add_empty(x1 - x0)
-        else:
-            encoder.add(predicted)
-            mask[:, x0:x1] = predicted
-            area += int(predicted.sum())
-        truth_band = decode_columns(*truth_runs, height, x0, x1) if truth_runs is not None else None
-        if counts is not None:
-            counts.add(predicted, truth_band)
-        thumbs.add(x0, predicted, truth_band)
-    return encoder.result(), counts, area
-
-
 def _preview_downsample(shape: tuple[int, int]) -> int:
     """Smallest power of two that brings the longest side to about ``PREVIEW_SIDE`` pixels."""
     downsample = 1
     while max(shape) / downsample > PREVIEW_SIDE:
         downsample *= 2
     return downsample
-
-
-def _upsample_threshold(probability: zarr.Array, col0: int, col1: int, scale: int, threshold: float,
-                        shape: tuple[int, int]) -> np.ndarray | None:
-    """Level-0 mask of working columns ``[col0, col1)``: bilinear upsampling, then the threshold.
-
-    Only the rows around values above the threshold are upsampled. One working row and column of
-    context around them makes the result equal to the same pixels of an upsampling of the whole
-    slide (bilinear weights reach one source pixel across).
-
-    Args:
-        probability: the slide's probabilities at the working resolution (``uint8``).
-        col0: first working column.
-        col1: last working column (exclusive).
-        scale: level-0 pixels per working pixel.
-        threshold: probability threshold.
-        shape: ``(height, width)`` of the level-0 band to return.
-
-    Returns:
-        The ``uint8`` band, or ``None`` when nothing in it reaches the threshold.
-    """
-    lo, hi = max(col0 - 1, 0), min(col1 + 1, probability.shape[1])
-    source = probability[:, lo:hi]
-    hot = np.flatnonzero(source.max(axis=1) > threshold * 255)
-    if not len(hot):
-        return None
-    first, last = max(hot[0] - 1, 0), min(hot[-1] + 2, source.shape[0])  # rows that can reach the threshold
-    top, bottom = max(first - 1, 0), min(last + 1, source.shape[0])  # and their context
-    block = torch.from_numpy(source[top:bottom].astype(np.float32) / 255)[None, None]
-    if scale > 1:
-        block = F.interpolate(block, scale_factor=scale, mode="bilinear", align_corners=False)
-    rows = slice((first - top) * scale, (last - top) * scale)
-    cols = slice((col0 - lo) * scale, (col0 - lo) * scale + shape[1])
-    band = np.zeros(shape, np.uint8)
-    kept = (block[0, 0, rows, cols] > threshold).numpy()
-    band[first * scale : first * scale + kept.shape[0]] = kept[: shape[0] - first * scale]
-    return band
-
-
-class _Thumbnails:
-    """Prediction and truth reduced (max-pooled) to the preview's scale, filled band by band."""
-
-    def __init__(self, shape: tuple[int, int], scale: int, with_truth: bool) -> None:
-        self.scale = scale
-        self.prediction = np.zeros(shape, dtype=bool)
-        self.truth = np.zeros(shape, dtype=bool) if with_truth else None
-
-    def add(self, x0: int, predicted: np.ndarray | None, truth: np.ndarray | None) -> None:
-        col = x0 // self.scale
-        for target, band in ((self.prediction, predicted), (self.truth, truth)):
-            if target is not None and band is not None:
-                pooled = pool_mask(band != 0, self.scale, "max")[: target.shape[0], : target.shape[1] - col]
-                target[: pooled.shape[0], col : col + pooled.shape[1]] |= pooled
