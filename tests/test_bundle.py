@@ -7,12 +7,15 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 import tifffile
+import torch
 from conftest import BUNDLE, REPO
 from scripts.demo import generate_demo
 from scripts.layout import read_csv_rows
@@ -94,6 +97,29 @@ def test_torchrun_ranks_share_the_slides_and_rank_0_merges_them(trained):
     assert ranks == [0, 0, 1]  # three slides dealt to two ranks
     with open(out / "metrics.csv") as handle:
         assert len(list(csv.DictReader(handle))) == 4  # three slides and the mean
+
+
+def test_training_killed_by_sigkill_goes_on_from_its_last_epoch(trained, tmp_path):
+    root, flags, _ = trained
+    flags = [*flags[:-2], "--ckpt_dir", str(tmp_path / "models")]  # a fresh checkpoint folder
+    config = str(CONFIGS / "train.yaml")
+    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", config, *flags, *FAST,
+               "--output_dir", str(tmp_path / "logs"), "--max_epochs", "3", "--val_interval", "1",
+               "--random_patches_per_slide", "2"]
+    last = tmp_path / "models" / "last.pt"
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while not last.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)  # no chance to clean up
+    process.wait()
+    killed_at = torch.load(last, weights_only=True)["trainer"]["epoch"]
+    assert 1 <= killed_at < 3
+    result = bundle_run("training", [config], *flags, *FAST, "--output_dir", str(tmp_path / "logs"),
+                        "--max_epochs", "3", "--val_interval", "1", "--random_patches_per_slide", "2")
+    assert f"epoch {killed_at} done" in result.stdout + result.stderr
+    assert torch.load(last, weights_only=True)["trainer"]["epoch"] == 3
+    torch.load(tmp_path / "models" / "model.pt", weights_only=True)  # never left half-written
 
 
 def test_missing_dataset_dir_is_one_line_without_traceback(tmp_path):

@@ -1,11 +1,14 @@
-"""The training time budget (scripts/handlers.py) on real ignite engines."""
+"""Training handlers (scripts/handlers.py) on real ignite engines: the time budget, the best
+model saved atomically, and resuming a run that was cut short."""
 
 from __future__ import annotations
 
+import json
 import time
 
+import torch
 from ignite.engine import Engine, Events
-from scripts.handlers import TrainingTimeLimit
+from scripts.handlers import BestModelSaver, TrainingCheckpoint, TrainingTimeLimit
 
 
 class Validator(Engine):
@@ -47,3 +50,61 @@ def test_no_budget_means_no_limit():
     TrainingTimeLimit(max_minutes=None, validator=validator).attach(trainer)
     trainer.run(range(5), max_epochs=3)
     assert trainer.state.epoch == 3 and validations == []
+
+
+def test_best_model_is_saved_only_when_the_metric_improves_and_survives_a_new_run(tmp_path):
+    network = torch.nn.Linear(2, 1)
+    validator = Engine(lambda engine, batch: None)
+    scores = iter([0.5, 0.4, 0.7])
+
+    @validator.on(Events.EPOCH_COMPLETED)
+    def score(engine):
+        engine.state.metrics["dice"] = next(scores)
+
+    BestModelSaver(str(tmp_path), network, "dice").attach(validator)
+    saved = []
+    for _ in range(3):
+        with torch.no_grad():
+            network.weight.add_(1.0)
+        validator.run([0])
+        saved.append(torch.load(tmp_path / "model.pt", weights_only=True)["weight"].clone())
+    assert torch.equal(saved[0], saved[1]) and not torch.equal(saved[1], saved[2])  # 0.4 did not replace 0.5
+    assert json.loads((tmp_path / "best.json").read_text())["metric"] == 0.7
+    again = BestModelSaver(str(tmp_path), network, "dice")  # a resumed run knows the best so far
+    assert again.best()["metric"] == 0.7
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary files left
+
+
+def test_training_checkpoint_resumes_model_optimizer_scheduler_and_epoch(tmp_path):
+    def make():
+        torch.manual_seed(0)
+        network = torch.nn.Linear(3, 1)
+        optimizer = torch.optim.SGD(network.parameters(), lr=0.1, momentum=0.9)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+
+        def step(engine, batch):
+            optimizer.zero_grad()
+            network(torch.ones(1, 3)).sum().backward()
+            optimizer.step()
+
+        trainer = Engine(step)
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: scheduler.step())
+        objects = {"model": network, "optimizer": optimizer, "lr_scheduler": scheduler}
+        TrainingCheckpoint(str(tmp_path / "last.pt"), objects).attach(trainer)
+        return trainer, network, optimizer
+
+    uninterrupted, reference, reference_optimizer = make()
+    (tmp_path / "last.pt").unlink(missing_ok=True)
+    uninterrupted.run(range(4), max_epochs=5)
+    (tmp_path / "last.pt").unlink()
+
+    first, _, _ = make()
+    first.add_event_handler(Events.EPOCH_COMPLETED(once=2), lambda engine: engine.terminate())  # "killed" after epoch 2
+    first.run(range(4), max_epochs=5)
+    second, network, optimizer = make()
+    epochs = []
+    second.add_event_handler(Events.EPOCH_STARTED, lambda engine: epochs.append(engine.state.epoch))
+    second.run(range(4), max_epochs=5)
+    assert epochs == [3, 4, 5]
+    assert torch.allclose(network.weight, reference.weight)  # same as never interrupted
+    assert optimizer.param_groups[0]["lr"] == reference_optimizer.param_groups[0]["lr"]

@@ -5,6 +5,7 @@ files through, caching conversions, one-line errors for broken files, and thumbn
 from __future__ import annotations
 
 import os
+import struct
 
 import numpy as np
 import pytest
@@ -120,23 +121,24 @@ def test_plain_tiled_file_passes_through_at_full_resolution(tmp_path, cache):
     source = written(tmp_path, "tiled_no_pyramid")
     assert inspect_slide(source, 1).problems == ()
     assert ensure_readable(source, cache, 1) == source
-    assert not cache.exists()
+    assert not list(cache.glob("*.tiff"))  # no copy: cuCIM read it in a probe (remembered under probed/)
+    assert [p.parent.name for p in cache.rglob("*") if p.is_file()] == ["probed"]
 
 
 def test_canonical_file_passes_through_unchanged(tmp_path, cache, monkeypatch):
     path = write_slide(tmp_path / "canonical.tiff", RGB)
     before = path.stat().st_mtime_ns
-    monkeypatch.setattr(slides_module, "convert_to_canonical", lambda *a: pytest.fail("converted a canonical file"))
+    monkeypatch.setattr(slides_module, "_convert_isolated", lambda *a: pytest.fail("converted a canonical file"))
     for downscale in (1, 2, 4):
         assert ensure_readable(path, cache, downscale) == path
-    assert path.stat().st_mtime_ns == before and not cache.exists()
+    assert path.stat().st_mtime_ns == before and not list(cache.glob("*.tiff"))
 
 
 def test_second_call_reuses_the_cached_copy(tmp_path, cache, monkeypatch):
     source = written(tmp_path, "zstd")
     first = ensure_readable(source, cache, 2)
     stamp = first.stat().st_mtime_ns
-    monkeypatch.setattr(slides_module, "convert_to_canonical", lambda *a: pytest.fail("converted twice"))
+    monkeypatch.setattr(slides_module, "_convert_isolated", lambda *a: pytest.fail("converted twice"))
     assert ensure_readable(source, cache, 2) == first
     assert first.stat().st_mtime_ns == stamp
     assert sorted(p.name for p in cache.iterdir()) == [first.name]  # no temporary files either
@@ -226,3 +228,46 @@ def test_thumbnail_is_the_coarsest_level_within_the_limit(tmp_path, max_downsamp
     assert downsample == expected
     assert thumbnail.dtype == np.uint8 and thumbnail.shape == (*level_shape(SHAPE, expected.bit_length() - 1), 3)
     np.testing.assert_array_equal(thumbnail, pages[expected.bit_length() - 1])
+
+
+# --- hostile files --------------------------------------------------------------------------------
+
+
+def patched_dimensions(tmp_path, width: int, height: int):
+    """A small stripped TIFF whose header is then made to claim ``width x height`` pixels."""
+    path = tmp_path / "bomb.tiff"
+    tifffile.imwrite(path, np.zeros((64, 64, 3), np.uint8), photometric="rgb", compression="zlib", rowsperstrip=64)
+    data = bytearray(path.read_bytes())
+    with tifffile.TiffFile(path) as tif:
+        tags = tif.pages[0].tags
+        for tag, value in ((256, width), (257, height), (278, height)):
+            entry = tags[tag]
+            fmt = "<I" if entry.dtype == 4 else "<H"
+            data[entry.valueoffset : entry.valueoffset + struct.calcsize(fmt)] = struct.pack(fmt, value)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_decompression_bomb_is_refused_before_decoding(tmp_path, cache):
+    bomb = patched_dimensions(tmp_path, 60000, 60000)
+    with pytest.raises(SlideError, match="decompression bomb") as caught:
+        ensure_readable(bomb, cache, 2)
+    assert str(bomb) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_strip_too_large_to_decode_in_bounded_memory_is_refused(tmp_path, cache, monkeypatch):
+    path = tmp_path / "one_strip.tiff"
+    tifffile.imwrite(path, RGB, photometric="rgb", compression="zlib", rowsperstrip=RGB.shape[0])
+    monkeypatch.setattr(slides_module, "MAX_CHUNK_BYTES", RGB.nbytes // 2)
+    with pytest.raises(SlideError, match="one strip holds .* re-export the slide as a tiled TIFF"):
+        inspect_slide(path)
+
+
+def test_a_file_cucim_crashes_on_is_converted_instead(tmp_path, cache, monkeypatch):
+    source = written(tmp_path, "tiled_no_pyramid")
+    failures = {"probe": "the reader crashed (SIGSEGV)"}
+    real = slides_module.run_isolated
+    monkeypatch.setattr(slides_module, "run_isolated", lambda command, *args: failures.get(command) or real(command, *args))
+    readable = ensure_readable(source, cache, 1)
+    assert readable != source and readable.parent == cache  # a canonical copy, never the crashing file
+    assert inspect_slide(readable, 1).problems == ()

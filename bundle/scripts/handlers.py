@@ -1,15 +1,20 @@
 """Ignite handlers MONAI lacks: a wall-clock budget for training that still ends with the best
-model saved.
+model saved, the best model written atomically, and resuming a killed run.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from pathlib import Path
 
+import torch
 from ignite.engine import Engine, Events
 
-__all__ = ["TrainingTimeLimit"]
+from .files import atomic_path, write_text_atomic
+
+__all__ = ["BestModelSaver", "TrainingCheckpoint", "TrainingTimeLimit"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,3 +69,83 @@ class TrainingTimeLimit:
     def _validate_last(self, engine: Engine) -> None:
         if self.validator is not None and self._validated_at != engine.state.iteration:
             self.validator.run(engine.state.epoch)
+
+
+class BestModelSaver:
+    """Save the network when the validation metric improves: ``model.pt`` (weights only, what the
+    Model Zoo and inference load) and ``best.json`` (the metric and its epoch), each written to a
+    temporary name and renamed, so a crash never leaves a corrupt model. The best value survives a
+    resumed run.
+
+    Args:
+        save_dir: the checkpoint folder.
+        network: the network whose ``state_dict`` is saved.
+        metric: the validator's metric to maximise.
+    """
+
+    def __init__(self, save_dir: str, network: torch.nn.Module, metric: str) -> None:
+        self.save_dir = Path(save_dir)
+        self.network = network
+        self.metric = metric
+
+    def attach(self, validator: Engine) -> None:
+        validator.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def best(self) -> dict | None:
+        """``{"metric", "epoch"}`` of the best model saved so far, if any."""
+        path = self.save_dir / "best.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def __call__(self, validator: Engine) -> None:
+        value = float(validator.state.metrics[self.metric])
+        best = self.best()
+        if best is not None and value <= best["metric"]:
+            return
+        with atomic_path(self.save_dir / "model.pt") as tmp:
+            torch.save(_unwrapped(self.network).state_dict(), tmp)
+        write_text_atomic(self.save_dir / "best.json", json.dumps({"metric": value, "epoch": validator.state.epoch}))
+        logger.info("new best %s %.4f at epoch %d: saved %s", self.metric, value, validator.state.epoch,
+                    self.save_dir / "model.pt")
+
+
+class TrainingCheckpoint:
+    """Save everything needed to go on (network, optimizer, scheduler, trainer position) after
+    every epoch, atomically, and resume from it when a run starts, so a killed run (even by
+    SIGKILL) goes on from its last finished epoch.
+
+    Args:
+        path: the checkpoint file (``last.pt``).
+        objects: ``{name: object with state_dict()}``, e.g. network, optimizer, lr_scheduler.
+        resume: load the checkpoint at start when it exists.
+    """
+
+    def __init__(self, path: str, objects: dict, resume: bool = True) -> None:
+        self.path = Path(path)
+        self.objects = objects
+        self.resume = resume
+
+    def attach(self, trainer: Engine) -> None:
+        trainer.add_event_handler(Events.STARTED, self._load)
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, self._save)
+
+    def _save(self, trainer: Engine) -> None:
+        state = {name: _unwrapped(item).state_dict() for name, item in self.objects.items()}
+        state["trainer"] = {"epoch": trainer.state.epoch, "iteration": trainer.state.iteration}
+        with atomic_path(self.path) as tmp:
+            torch.save(state, tmp)
+
+    def _load(self, trainer: Engine) -> None:
+        if not (self.resume and self.path.is_file()):
+            return
+        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        for name, item in self.objects.items():
+            _unwrapped(item).load_state_dict(state[name])
+        trainer.state.epoch = state["trainer"]["epoch"]
+        trainer.state.iteration = state["trainer"]["iteration"]
+        logger.info("resumed from %s: epoch %d done, going on to epoch %d", self.path, trainer.state.epoch,
+                    trainer.state.max_epochs)
+
+
+def _unwrapped(item):
+    """The module inside DistributedDataParallel (so checkpoints load with or without it)."""
+    return getattr(item, "module", item) if isinstance(item, torch.nn.parallel.DistributedDataParallel) else item

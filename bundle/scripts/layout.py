@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .errors import DatasetError
 
-__all__ = ["CsvRow", "HubmapFolder", "check_slide_id", "is_safe_id", "read_csv_rows"]
+__all__ = ["CsvRow", "HubmapFolder", "check_slide_id", "is_safe_id", "read_csv_rows", "report_problems"]
 
 SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 SLIDE_SUFFIXES = (".tiff", ".tif")
@@ -195,3 +195,13 @@ class HubmapFolder:
 def _missing(row: CsvRow, split: str) -> str:
     return f"{row.where}: slide {row.slide_id!r} has no image {split}/{row.slide_id}.tiff; add the file or remove the row"
 
+
+
+def report_problems(problems: dict[str, str]) -> None:
+    """Print one line per slide (``FAILED <id>: ...``) or row (``SKIPPED ...``) that was left out.
+
+    Args:
+        problems: ``{id or row location: reason}``, as :attr:`HubmapFolder.problems` holds them.
+    """
+    for key, reason in problems.items():
+        print(f"FAILED {key}: {reason}" if is_safe_id(key) else f"SKIPPED {reason}")

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import tifffile
 import zarr
-from monai.data import WSIReader
 
 from .errors import SlideError
+from .isolated import run_isolated
 from .pyramid import level_shape, num_levels, write_pyramid
 
 __all__ = ["SlideLayout", "ensure_readable", "inspect_slide", "read_thumbnail", "working_level"]
@@ -30,6 +30,9 @@ logger = logging.getLogger(__name__)
 # Compressions cuCIM decodes on the CPU (measured); anything else goes through conversion.
 CUCIM_COMPRESSIONS = {1: "none", 5: "lzw", 7: "jpeg", 8: "deflate", 32946: "deflate"}
 MAX_PIXELS = 2**34  # about 130000 x 130000: larger headers are corrupt or hostile, not slides
+BOMB_RATIO = 5000  # real slides compress far less, even mostly blank ones (JPEG glass: about 300 to 1)
+BOMB_MIN_BYTES = 2**28  # small images may compress further (a blank test image) without harm
+MAX_CHUNK_BYTES = 2**30  # a strip or tile is decoded whole: beyond this, memory would not stay bounded
 CANONICAL_VERSION = 1  # bump when the canonical layout changes, so caches are rebuilt
 
 
@@ -82,9 +85,29 @@ def inspect_slide(path: str | os.PathLike, downscale: int = 1) -> SlideLayout:
     shape = (series_shape[axes.index("Y")], series_shape[axes.index("X")])
     if shape[0] * shape[1] > MAX_PIXELS or min(shape) < 1:
         raise SlideError(f"{path}: implausible dimensions {shape[1]} x {shape[0]}; the header is corrupt")
+    _check_data(path, pages[0])
     levels = tuple(p.shape[:2] for p in pages if _is_rgb_level(p, shape, pages[0]))
     problems = _problems(pages[0], axes, series_shape, dtype, levels, shape, downscale)
     return SlideLayout(path, shape, axes, levels, tuple(problems))
+
+
+def _check_data(path: Path, page) -> None:
+    """Refuse a file whose image data cannot be what its header says: cut short, or a
+    decompression bomb (a header claiming far more pixels than the bytes stored could hold)."""
+    size = path.stat().st_size
+    ends = [offset + count for offset, count in zip(page.dataoffsets, page.databytecounts) if count]
+    if ends and max(ends) > size:
+        raise SlideError(f"{path}: truncated: its image data runs past the end of the file ({size} bytes); "
+                         "copy the slide again")
+    claimed = int(np.prod(page.shape)) * page.dtype.itemsize
+    stored = sum(page.databytecounts)
+    if claimed > BOMB_MIN_BYTES and claimed > BOMB_RATIO * max(stored, 1):
+        raise SlideError(f"{path}: the header claims {claimed / 2**30:.1f} GiB of pixels but the file stores "
+                         f"{stored / 2**20:.2f} MiB: a damaged file or a decompression bomb, not opened")
+    chunk = int(np.prod(page.chunks)) * page.dtype.itemsize * (page.samplesperpixel if page.planarconfig == 1 else 1)
+    if chunk > MAX_CHUNK_BYTES and int(page.compression) != 1:  # uncompressed data is memory-mapped instead
+        raise SlideError(f"{path}: one {'tile' if page.is_tiled else 'strip'} holds {chunk / 2**30:.1f} GiB, too much "
+                         "to decode in bounded memory; re-export the slide as a tiled TIFF")
 
 
 def _short(error: Exception) -> str:
@@ -148,6 +171,9 @@ def read_thumbnail(path: str | os.PathLike, max_downsample: int = 32) -> tuple[n
     Returns:
         ``((h, w, 3) uint8 image, downsample)``.
     """
+    # imported here, not at the top: converter child processes import this module and need no MONAI
+    from monai.data import WSIReader
+
     layout = inspect_slide(path)
     downsample, level = 1, 0
     while downsample * 2 <= max_downsample and level_shape(layout.shape, _log2(downsample * 2)) in layout.levels:
@@ -161,8 +187,11 @@ def read_thumbnail(path: str | os.PathLike, max_downsample: int = 32) -> tuple[n
 def ensure_readable(path: str | os.PathLike, cache_dir: str | os.PathLike, downscale: int) -> Path:
     """Return a path cuCIM can read at ``downscale``: the slide itself, or its canonical copy.
 
-    The copy is written once, streaming, to ``cache_dir`` under a name keyed on the source's path,
-    size and modification time, so an edited slide is converted again.
+    A file that looks fine is first read by cuCIM in a child process (once; the result is cached),
+    because cuCIM kills its process on some files. Conversion also runs in a child process, since
+    a decoder can crash on a hostile file too. The copy is written once, streaming, to
+    ``cache_dir`` under a name keyed on the source's path, size and modification time, so an
+    edited slide is converted again.
 
     Args:
         path: the slide.
@@ -176,16 +205,38 @@ def ensure_readable(path: str | os.PathLike, cache_dir: str | os.PathLike, downs
         SlideError: when the file cannot be read or converted.
     """
     layout = inspect_slide(path, downscale)
-    if not layout.problems:
-        return layout.path
     stat = layout.path.stat()
     key = f"{layout.path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{CANONICAL_VERSION}"
-    target = Path(cache_dir) / f"{layout.path.stem}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.tiff"
+    name = f"{layout.path.stem}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
+    cache_dir = Path(cache_dir)
+    if not layout.problems:
+        probed = cache_dir / "probed" / name
+        if probed.exists():
+            return layout.path
+        failure = _probe(layout.path, working_level(layout, downscale))
+        if failure is None:
+            probed.parent.mkdir(parents=True, exist_ok=True)
+            probed.touch()
+            return layout.path
+        layout = SlideLayout(layout.path, layout.shape, layout.axes, layout.levels, (f"cuCIM failed on it: {failure}",))
+    target = cache_dir / f"{name}.tiff"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         logger.info("converting %s for cuCIM (%s)", layout.path.name, "; ".join(layout.problems))
-        convert_to_canonical(layout, target, downscale)
+        _convert_isolated(layout.path, target, downscale)
     return target
+
+
+def _probe(path: Path, level: int) -> str | None:
+    """Read a few regions with cuCIM in a child process; ``None`` when that works."""
+    return run_isolated("probe", str(path), str(level))
+
+
+def _convert_isolated(source: Path, target: Path, downscale: int) -> None:
+    """:func:`convert_to_canonical` in a child process; its failure becomes one line."""
+    failure = run_isolated("convert", str(source), str(target), str(downscale))
+    if failure is not None:
+        raise SlideError(failure if failure.startswith(str(source)) else f"{source}: could not be converted ({failure})")
 
 
 def convert_to_canonical(layout: SlideLayout, target: Path, downscale: int = 1) -> Path:
@@ -201,7 +252,7 @@ def convert_to_canonical(layout: SlideLayout, target: Path, downscale: int = 1) 
     """
     try:
         with tifffile.TiffFile(layout.path) as tif:
-            source = zarr.open(tif.series[0].aszarr(level=0), mode="r")
+            source = _open_source(layout.path, tif)
             read_band = _band_reader(source, layout.axes)
             levels = max(num_levels(layout.shape), _log2(downscale) + 1)
             return write_pyramid(target, read_band, layout.shape, levels=levels, compression="jpeg", quality=95)
@@ -209,6 +260,15 @@ def convert_to_canonical(layout: SlideLayout, target: Path, downscale: int = 1) 
         raise SlideError(f"{layout.path}: {error}") from None
     except Exception as error:
         raise SlideError(f"{layout.path}: could not be decoded ({_short(error)}); re-export it as a tiled RGB TIFF") from None
+
+
+def _open_source(path: Path, tif: tifffile.TiffFile):
+    """The first series as an array read lazily: memory-mapped when it is stored uncompressed in
+    one piece (even a single huge strip then costs no memory), else tifffile's chunked zarr view."""
+    try:
+        return tifffile.memmap(path, series=0, mode="r")
+    except ValueError:
+        return zarr.open(tif.series[0].aszarr(level=0), mode="r")
 
 
 def _band_reader(source, axes: str):
@@ -247,3 +307,4 @@ def _to_rgb8(band: np.ndarray) -> np.ndarray:
     if np.issubdtype(band.dtype, np.floating):
         return (np.clip(band, 0, 1) * 255 + 0.5).astype(np.uint8)
     raise SlideError(f"{band.dtype} samples are not supported; export the slide as 8-bit RGB")
+

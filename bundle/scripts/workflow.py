@@ -7,7 +7,7 @@ a slide that cannot be used is reported and left out rather than stopping the ot
 from __future__ import annotations
 
 import functools
-import logging
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,15 +15,13 @@ from pathlib import Path
 from .demo import ensure_demo
 from .distributed import barrier, is_main_process, rank_share
 from .errors import DatasetError, InputError
-from .layout import HubmapFolder, is_safe_id
+from .layout import HubmapFolder, is_safe_id, report_problems
 from .prepare import PreparedSlide, prepare_slide
 
 __all__ = [
     "SlideSet", "check_checkpoint", "evaluation_slides", "inference_slides", "report_training", "training_slides",
     "user_errors",
 ]
-
-logger = logging.getLogger(__name__)
 
 
 def user_errors(function: Callable) -> Callable:
@@ -89,9 +87,8 @@ def _prepare_all(folder: HubmapFolder, listed: dict, cache_dir: str, downscale: 
             result.truth[slide_id] = rle.value
     result.failed.update(folder.problems)
     result.listed += [key for key in folder.problems if is_safe_id(key) and key not in result.listed]
-    for reason in result.failed.values():
-        logger.warning("skipped: %s", reason)
     return result
+
 
 
 @user_errors
@@ -111,6 +108,7 @@ def training_slides(dataset_dir: str, demo_dir: str, cache_dir: str, downscale: 
     """
     folder = open_dataset(dataset_dir, demo_dir)
     slides = _prepare_all(folder, folder.labelled_slides("train.csv", "train"), cache_dir, downscale, tissue, True)
+    report_problems(slides.failed)
     if len(slides.prepared) < 2:
         raise DatasetError(f"{folder.root}: {len(slides.prepared)} usable training slide(s); at least 2 are "
                            "needed (training and validation are split by slide)")
@@ -161,16 +159,15 @@ def check_checkpoint(ckpt_path: str) -> str:
     return ckpt_path
 
 
-def report_training(validator, ckpt_dir: str) -> None:
+def report_training(ckpt_dir: str) -> None:
     """Print the best validation Dice and where the model was saved.
 
     Args:
-        validator: the validation evaluator (its state holds the best metric).
-        ckpt_dir: the checkpoint folder.
+        ckpt_dir: the checkpoint folder (``best.json`` says what ``model.pt`` scored).
     """
-    best, epoch = validator.state.best_metric, validator.state.best_metric_epoch
-    model = Path(ckpt_dir) / "model.pt"
-    if epoch < 0 or not model.is_file():
+    best, model = Path(ckpt_dir) / "best.json", Path(ckpt_dir) / "model.pt"
+    if not (best.is_file() and model.is_file()):
         print(f"training ended before any validation; no model saved in {ckpt_dir}")
         return
-    print(f"best validation Dice {best:.4f} (epoch {epoch}); model saved to {model}")
+    fields = json.loads(best.read_text())
+    print(f"best validation Dice {fields['metric']:.4f} (epoch {fields['epoch']}); model saved to {model}")

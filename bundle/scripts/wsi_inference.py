@@ -36,6 +36,7 @@ from tqdm import tqdm
 from .annotations import trace_polygons, write_annotations
 from .distributed import barrier, is_main_process, rank
 from .files import write_csv, write_text_atomic
+from .layout import report_problems
 from .level0 import Level0Mask
 from .metrics import DiceCounts, mean_dice
 from .outputs import outline_overlay, write_png, write_submission
@@ -269,8 +270,7 @@ class SlidePredictionWriter:
                 self._finish_slide(self._state(slide_id))  # no tissue window: an empty prediction
         self._overall.close()
         self._score_reused()
-        for slide_id, reason in self.failed.items():
-            print(f"FAILED {slide_id}: {reason}")
+        report_problems(self.failed)
         barrier()
         if is_main_process():
             self._assemble()
