@@ -99,6 +99,26 @@ def test_torchrun_ranks_share_the_slides_and_rank_0_merges_them(trained):
         assert len(list(csv.DictReader(handle))) == 4  # three slides and the mean
 
 
+def test_ddp_training_under_torchrun_on_two_cpu_processes(trained, tmp_path):
+    """multi_gpu_train.yaml with Gloo: both ranks train, the budget stops them together, rank 0
+    alone validates and saves the best model and the checkpoint."""
+    root, flags, _ = trained
+    flags = [*flags[:-2], "--ckpt_dir", str(tmp_path / "models")]
+    configs = f"['{CONFIGS / 'train.yaml'}','{CONFIGS / 'multi_gpu_train.yaml'}']"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+               "monai.bundle", "run", "training", "--config_file", configs, *flags, *FAST, "--output_dir",
+               str(tmp_path / "logs"), "--max_epochs", "1000", "--val_interval", "1", "--max_train_minutes", "1",
+               "--random_patches_per_slide", "2"]
+    started = time.monotonic()
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert time.monotonic() - started < 300  # the 1-minute budget ended training on both ranks
+    state = torch.load(tmp_path / "models" / "last.pt", weights_only=True)
+    assert 1 <= state["trainer"]["epoch"] < 1000 and not any(k.startswith("module.") for k in state["model"])
+    assert (tmp_path / "models" / "model.pt").is_file()
+    assert result.stdout.count("best validation Dice") == 1  # reported by rank 0 only
+
+
 def test_training_killed_by_sigkill_goes_on_from_its_last_epoch(trained, tmp_path):
     root, flags, _ = trained
     flags = [*flags[:-2], "--ckpt_dir", str(tmp_path / "models")]  # a fresh checkpoint folder
@@ -120,6 +140,21 @@ def test_training_killed_by_sigkill_goes_on_from_its_last_epoch(trained, tmp_pat
     assert f"epoch {killed_at} done" in result.stdout + result.stderr
     assert torch.load(last, weights_only=True)["trainer"]["epoch"] == 3
     torch.load(tmp_path / "models" / "model.pt", weights_only=True)  # never left half-written
+
+
+def test_mlflow_tracking_records_parameters_metrics_and_the_run_config(trained, tmp_path):
+    mlflow = pytest.importorskip("mlflow")
+    root, flags, _ = trained
+    result = bundle_run("training", [str(CONFIGS / "train.yaml")], "--tracking", "mlflow", "--bundle_root",
+                        str(tmp_path), *flags[:4], *FAST, "--max_epochs", "2", "--val_interval", "1",
+                        "--random_patches_per_slide", "2")
+    assert "best validation Dice" in result.stdout
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'logs' / 'mlruns.db'}")
+    [experiment] = [e for e in client.search_experiments() if e.name == "monai_experiment"]
+    [run] = client.search_runs([experiment.experiment_id])
+    assert {"train_loss", "val_dice"} <= set(run.data.metrics) and run.data.params["max_epochs"] == "2"
+    [artifact] = client.list_artifacts(run.info.run_id)
+    assert artifact.path.startswith("config_") and artifact.path.endswith(".json")  # every setting of the run
 
 
 def test_missing_dataset_dir_is_one_line_without_traceback(tmp_path):

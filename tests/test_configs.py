@@ -3,14 +3,21 @@ network input/output, and the properties MONAI expects of train and inference wo
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 import subprocess
 import sys
+import zipfile
 
+import numpy as np
 import pytest
+import tifffile
 import torch
+import yaml
 from conftest import BUNDLE, REPO, shared_path
 from monai.bundle import ConfigParser, ConfigWorkflow
 from scripts.demo import generate_demo
+from scripts.package import pack
 
 CONFIGS = BUNDLE / "configs"
 
@@ -65,3 +72,60 @@ def test_workflow_properties_are_all_present(tiny, configs, kind, run_id):
     workflow.initialize()
     assert workflow.check_properties() == []
     assert workflow.bundle_root == str(BUNDLE)
+
+
+def test_torchscript_export_runs_inference_without_the_python_network(tiny, tmp_path):
+    torch.manual_seed(0)
+    network = ConfigParser.load_config_file(str(CONFIGS / "inference.yaml"))["network_def"]
+    checkpoint = tmp_path / "model.pt"
+    parser = ConfigParser({"network_def": network})
+    torch.save(parser.get_parsed_content("network_def").state_dict(), checkpoint)
+    exported = tmp_path / "model.ts"
+    result = monai_bundle("ckpt_export", "network_def", "--filepath", str(exported), "--ckpt_file", str(checkpoint),
+                          "--meta_file", str(CONFIGS / "metadata.json"), "--config_file", str(CONFIGS / "inference.yaml"))
+    assert result.returncode == 0 and exported.is_file(), result.stderr[-2000:]
+    common = ["--dataset_dir", tiny["dataset_dir"], "--cache_dir", tiny["cache_dir"], "--infer_roi", "128",
+              "--num_workers", "0", "--save_heatmap", "true"]
+    eager = monai_bundle("run", "inference", "--config_file", str(CONFIGS / "inference.yaml"), *common,
+                         "--ckpt_path", str(checkpoint), "--output_dir", str(tmp_path / "eager"))
+    files = f"['{CONFIGS / 'inference.yaml'}','{CONFIGS / 'inference_ts.yaml'}']"
+    scripted = monai_bundle("run", "inference", "--config_file", files, *common, "--ckpt_path", str(exported),
+                            "--output_dir", str(tmp_path / "scripted"))
+    assert eager.returncode == 0 and scripted.returncode == 0, scripted.stderr[-2000:]
+    for heatmap in (tmp_path / "eager" / "heatmaps").glob("*.tiff"):
+        a = tifffile.imread(heatmap, level=0).astype(int)
+        b = tifffile.imread(tmp_path / "scripted" / "heatmaps" / heatmap.name, level=0).astype(int)
+        assert np.abs(a - b).max() <= 2  # the same network, up to rounding
+
+
+def test_swinunetr_exports_by_tracing(tmp_path):
+    files = f"['{CONFIGS / 'inference.yaml'}','{CONFIGS / 'swinunetr.yaml'}']"
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "inference.yaml"), str(CONFIGS / "swinunetr.yaml")])
+    checkpoint = tmp_path / "swin.pt"
+    torch.save(parser.get_parsed_content("network_def").state_dict(), checkpoint)
+    exported = tmp_path / "swin.ts"
+    result = monai_bundle("ckpt_export", "network_def", "--filepath", str(exported), "--ckpt_file", str(checkpoint),
+                          "--meta_file", str(CONFIGS / "metadata.json"), "--config_file", files, "--use_trace", "True",
+                          "--input_shape", "[1, 3, 64, 64]")
+    assert result.returncode == 0 and exported.is_file(), result.stderr[-2000:]
+    loaded = torch.jit.load(str(exported))
+    assert loaded(torch.zeros(1, 3, 64, 64)).shape == (1, 1, 64, 64)
+
+
+def test_bundle_packs_as_the_model_zoo_expects(tmp_path):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("data", "cache", "logs", "eval", "*.pt", "*.ts",
+                                                                   "__pycache__"))
+    (bundle / "models" / "model.pt").write_bytes(b"weights")
+    zipped = pack(bundle, tmp_path / "dist", "https://example.org/{name}")
+    assert zipped.name == "pathology_glomeruli_segmentation_v0.1.0.zip"
+    with zipfile.ZipFile(zipped) as archive:
+        names = set(archive.namelist())
+        root = "pathology_glomeruli_segmentation_v0.1.0/"
+        assert {root + "configs/metadata.json", root + "LICENSE", root + "docs/README.md", root + "docs/data_license.txt",
+                root + "scripts/__init__.py", root + "configs/inference.yaml", root + "large_files.yml"} <= names
+        assert not any(name.endswith((".pt", ".ts")) or "/data/" in name or "/cache/" in name for name in names)
+        large = yaml.safe_load(archive.read(root + "large_files.yml"))
+    assert large == {"large_files": [{"path": "models/model.pt", "url": "https://example.org/model.pt",
+                                      "hash_val": hashlib.sha256(b"weights").hexdigest(), "hash_type": "sha256"}]}

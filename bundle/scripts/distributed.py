@@ -12,7 +12,7 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
-__all__ = ["barrier", "device", "is_main_process", "rank", "rank_share", "setup", "teardown"]
+__all__ = ["any_rank", "barrier", "device", "is_main_process", "rank", "rank_share", "setup", "teardown"]
 
 T = TypeVar("T")
 
@@ -63,3 +63,13 @@ def barrier() -> None:
     """Wait until every rank gets here (a no-op without a process group)."""
     if _active():
         dist.barrier()
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether ``flag`` is true on any rank (so all ranks take the same decision together)."""
+    if not _active():
+        return flag
+    on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    value = torch.tensor([int(flag)], device=on)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from ignite.engine import Engine, Events
 
+from .distributed import any_rank, is_main_process
 from .files import atomic_path, write_text_atomic
 
 __all__ = ["BestModelSaver", "TrainingCheckpoint", "TrainingTimeLimit"]
@@ -24,7 +25,8 @@ class TrainingTimeLimit:
 
     The check runs after every iteration. It stops early enough to fit one more validation (as
     long as the last one took), and on stopping runs the validator if the model changed since its
-    last run, so the checkpoint handlers on the validator save the best model seen.
+    last run, so the checkpoint handlers on the validator save the best model seen. Under
+    ``torchrun`` all ranks stop at the same iteration, and rank 0 validates.
 
     Args:
         max_minutes: the budget; None or 0 disables it.
@@ -62,12 +64,12 @@ class TrainingTimeLimit:
 
     def _check(self, engine: Engine) -> None:
         elapsed = time.monotonic() - self._start
-        if elapsed + self._validation_seconds >= self.budget:
+        if any_rank(elapsed + self._validation_seconds >= self.budget):  # every rank stops at the same step
             logger.info("time budget of %.1f min reached after %d epochs; stopping", self.budget / 60, engine.state.epoch)
             engine.terminate()
 
     def _validate_last(self, engine: Engine) -> None:
-        if self.validator is not None and self._validated_at != engine.state.iteration:
+        if self.validator is not None and self._validated_at != engine.state.iteration and is_main_process():
             self.validator.run(engine.state.epoch)
 
 
@@ -129,6 +131,8 @@ class TrainingCheckpoint:
         trainer.add_event_handler(Events.EPOCH_COMPLETED, self._save)
 
     def _save(self, trainer: Engine) -> None:
+        if not is_main_process():
+            return
         state = {name: _unwrapped(item).state_dict() for name, item in self.objects.items()}
         state["trainer"] = {"epoch": trainer.state.epoch, "iteration": trainer.state.iteration}
         with atomic_path(self.path) as tmp:

@@ -165,6 +165,8 @@ def report_training(ckpt_dir: str) -> None:
     Args:
         ckpt_dir: the checkpoint folder (``best.json`` says what ``model.pt`` scored).
     """
+    if not is_main_process():
+        return
     best, model = Path(ckpt_dir) / "best.json", Path(ckpt_dir) / "model.pt"
     if not (best.is_file() and model.is_file()):
         print(f"training ended before any validation; no model saved in {ckpt_dir}")
