@@ -14,7 +14,7 @@ import pytest
 import tifffile
 import torch
 import yaml
-from conftest import BUNDLE, REPO, shared_path
+from conftest import BUNDLE, shared_path
 from monai.bundle import ConfigParser, ConfigWorkflow
 from scripts.demo import generate_demo
 from scripts.package import pack
@@ -23,7 +23,8 @@ CONFIGS = BUNDLE / "configs"
 
 
 def monai_bundle(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=REPO, capture_output=True, text=True,
+    """The bundle CLI run from the bundle folder, as the Model Zoo's tools run it (``scripts`` importable)."""
+    return subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=BUNDLE, capture_output=True, text=True,
                           timeout=300)
 
 
@@ -36,7 +37,9 @@ def test_metadata_validates_against_the_model_zoo_schema():
 
 # SwinUNETR's instance norm needs more than 1 x 1 at its bottleneck in training mode: 64 px (n=2)
 @pytest.mark.parametrize("configs, n", [(["inference.yaml"], "1"), (["train.yaml"], "1"),
-                                        (["inference.yaml", "swinunetr.yaml"], "2")])
+                                        (["inference.yaml", "swinunetr.yaml"], "2"),
+                                        (["inference.yaml", "flexunet_efficientnet.yaml"], "1"),
+                                        (["inference.yaml", "flexunet_resnext.yaml"], "1")])
 def test_network_input_and_output_match_the_metadata(configs, n):
     files = "[" + ",".join(f"'{CONFIGS / c}'" for c in configs) + "]"
     result = monai_bundle("verify_net_in_out", "network_def", "--meta_file", str(CONFIGS / "metadata.json"),
@@ -96,6 +99,23 @@ def test_torchscript_export_runs_inference_without_the_python_network(tiny, tmp_
         a = tifffile.imread(heatmap, level=0).astype(int)
         b = tifffile.imread(tmp_path / "scripted" / "heatmaps" / heatmap.name, level=0).astype(int)
         assert np.abs(a - b).max() <= 2  # the same network, up to rounding
+
+
+@pytest.mark.parametrize("recipe", ["flexunet_efficientnet.yaml", "flexunet_resnext.yaml"])
+def test_flexibleunet_recipes_export_to_torchscript(recipe, tmp_path):
+    files = f"['{CONFIGS / 'inference.yaml'}','{CONFIGS / recipe}']"
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "inference.yaml"), str(CONFIGS / recipe)])
+    network = parser.get_parsed_content("network_def").eval()
+    assert type(network).__name__ == "FlexibleUNet"
+    checkpoint, exported = tmp_path / "model.pt", tmp_path / "model.ts"
+    torch.save(network.state_dict(), checkpoint)
+    result = monai_bundle("ckpt_export", "network_def", "--filepath", str(exported), "--ckpt_file", str(checkpoint),
+                          "--meta_file", str(CONFIGS / "metadata.json"), "--config_file", files)
+    assert result.returncode == 0 and exported.is_file(), result.stderr[-2000:]
+    image = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(torch.jit.load(str(exported))(image), network(image), atol=1e-5)
 
 
 def test_swinunetr_exports_by_tracing(tmp_path):
