@@ -47,3 +47,18 @@ def disc_slide(shape=(700, 900), discs=((300, 300, 80), (450, 650, 60)), seed: i
         mask[disc] = 1
     noise = rng.integers(-6, 7, image.shape)
     return np.clip(image.astype(int) + noise, 0, 255).astype(np.uint8), mask
+
+
+def patch_dimensions(path: Path, width: int, height: int) -> None:
+    """Make a stripped TIFF's header claim ``width x height`` pixels (one strip), its data unchanged."""
+    import struct
+
+    import tifffile
+
+    data = bytearray(path.read_bytes())
+    with tifffile.TiffFile(path) as tif:
+        tags = tif.pages[0].tags
+        for code, value in ((256, width), (257, height), (278, height)):  # ImageWidth, ImageLength, RowsPerStrip
+            fmt = "<I" if tags[code].dtype == 4 else "<H"
+            data[tags[code].valueoffset : tags[code].valueoffset + struct.calcsize(fmt)] = struct.pack(fmt, value)
+    path.write_bytes(bytes(data))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 import subprocess
 import sys
 
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from conftest import BUNDLE, REPO, disc_slide
+from conftest import BUNDLE, REPO, disc_slide, patch_dimensions
 from monai.networks.nets import UNet
 from scripts.files import write_csv
 from scripts.layout import read_csv_rows
@@ -32,17 +31,6 @@ AWKWARD = {  # real layouts cuCIM cannot take as they are: converted, then segme
     "rgb16": lambda p: tifffile.imwrite(p, IMAGE.astype(np.uint16) * 257, photometric="rgb", tile=(256, 256)),
     "gray": lambda p: tifffile.imwrite(p, IMAGE[..., 1], tile=(256, 256)),
 }
-
-
-def patch_dimensions(path, width: int, height: int) -> None:
-    """Make a small stripped TIFF's header claim another size."""
-    data = bytearray(path.read_bytes())
-    with tifffile.TiffFile(path) as tif:
-        tags = tif.pages[0].tags
-        for code, value in ((256, width), (257, height), (278, height)):
-            fmt = "<I" if tags[code].dtype == 4 else "<H"
-            data[tags[code].valueoffset : tags[code].valueoffset + struct.calcsize(fmt)] = struct.pack(fmt, value)
-    path.write_bytes(bytes(data))
 
 
 def write_broken(folder):

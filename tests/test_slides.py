@@ -5,12 +5,11 @@ files through, caching conversions, one-line errors for broken files, and thumbn
 from __future__ import annotations
 
 import os
-import struct
 
 import numpy as np
 import pytest
 import tifffile
-from conftest import write_slide
+from conftest import patch_dimensions, write_slide
 from scripts import slides as slides_module
 from scripts.errors import SlideError
 from scripts.pyramid import level_shape, reduce2x, write_pyramid
@@ -237,14 +236,7 @@ def patched_dimensions(tmp_path, width: int, height: int):
     """A small stripped TIFF whose header is then made to claim ``width x height`` pixels."""
     path = tmp_path / "bomb.tiff"
     tifffile.imwrite(path, np.zeros((64, 64, 3), np.uint8), photometric="rgb", compression="zlib", rowsperstrip=64)
-    data = bytearray(path.read_bytes())
-    with tifffile.TiffFile(path) as tif:
-        tags = tif.pages[0].tags
-        for tag, value in ((256, width), (257, height), (278, height)):
-            entry = tags[tag]
-            fmt = "<I" if entry.dtype == 4 else "<H"
-            data[entry.valueoffset : entry.valueoffset + struct.calcsize(fmt)] = struct.pack(fmt, value)
-    path.write_bytes(bytes(data))
+    patch_dimensions(path, width, height)
     return path
 
 
