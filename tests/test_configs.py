@@ -68,6 +68,11 @@ def tiny(tmp_path_factory):
     (["train.yaml"], "train", "training"),
     (["inference.yaml"], "infer", "inference"),
     (["inference.yaml", "evaluate.yaml"], "infer", "evaluating"),
+    (["inference.yaml", "evaluate.yaml", "multi_gpu_evaluate.yaml"], "infer", "evaluating"),
+    (["inference.yaml", "pseudo_labels.yaml"], "infer", "pseudo_labels"),
+    (["train.yaml", "hubmap.yaml"], "train", "training"),
+    (["train.yaml", "ranger.yaml"], "train", "training"),
+    (["train.yaml", "grid_sampling.yaml"], "train", "training"),
 ])
 def test_workflow_properties_are_all_present(tiny, configs, kind, run_id):
     workflow = ConfigWorkflow(config_file=[str(CONFIGS / c) for c in configs], workflow_type=kind, run_id=run_id,
@@ -75,6 +80,17 @@ def test_workflow_properties_are_all_present(tiny, configs, kind, run_id):
     workflow.initialize()
     assert workflow.check_properties() == []
     assert workflow.bundle_root == str(BUNDLE)
+
+
+def test_grid_recipe_lists_tissue_tiles_of_the_training_slides_only(tiny):
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "train.yaml"), str(CONFIGS / "grid_sampling.yaml")])
+    parser.update({key: value for key, value in tiny.items()})
+    parser.parse()
+    units = parser.get_parsed_content("train#datalist")
+    train, val = parser.get_parsed_content("split")
+    assert units and {u["region"] for u in units} == {"grid"}
+    assert {u["slide_id"] for u in units} == {s.slide_id for s in train} and val
 
 
 def test_torchscript_export_runs_inference_without_the_python_network(tiny, tmp_path):

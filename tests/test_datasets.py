@@ -9,7 +9,7 @@ from conftest import disc_slide, write_slide
 from scripts.datasets import ImportancePatchDataset, SlideRegionDataset
 from scripts.prepare import prepare_slide
 from scripts.rle import rle_encode
-from scripts.sampling import sampling_units
+from scripts.sampling import grid_units, sampling_units
 from scripts.transforms import LoadLabelPatchd
 
 
@@ -36,14 +36,34 @@ def test_glomerulus_patches_hold_their_glomerulus_and_aligned_labels(prepared):
         assert green[label > 0].mean() < 90 and green[label == 0].mean() > 120
 
 
-def test_random_patches_are_centred_in_tissue(prepared):
+def test_random_patches_are_centred_in_the_weighted_region(prepared):
     slide, _, _ = prepared
-    units = [u for u in sampling_units([slide], 20) if "bbox" not in u]
+    only_tissue = {"cortex": 0, "medulla": 0, "other": 0, "tissue": 1}  # the slide has no region file
+    units = [u for u in sampling_units([slide], 20, only_tissue) if "bbox" not in u]
     dataset = ImportancePatchDataset(units, patch_size=64, seed=3)
     for index in range(len(dataset)):
         top, left = (int(v) for v in dataset[index]["image"].meta["location"])
         cy, cx = top + 64, left + 64  # level-0 centre of a 64-pixel working patch
         assert ((cy - 400) / 360) ** 2 + ((cx - 500) / 450) ** 2 < 1.1  # inside the tissue ellipse
+
+
+def test_region_weights_set_the_share_of_glass_patches(prepared):
+    slide, _, _ = prepared
+    units = [u for u in sampling_units([slide], 400, {"cortex": 0.5, "medulla": 0, "other": 0.5}) if "bbox" not in u]
+    dataset = ImportancePatchDataset(units, patch_size=64, seed=3)
+    centres = [dataset.randomize(unit) for unit in units]
+    on_glass = [((cy - 400) / 360) ** 2 + ((cx - 500) / 450) ** 2 > 1.05 for cy, cx in centres]
+    # tissue weighs cortex + medulla = 0.5, glass (other) 0.5
+    assert 0.4 < np.mean(on_glass) < 0.6
+
+
+def test_grid_units_read_their_fixed_tile(prepared):
+    slide, _, _ = prepared
+    units = grid_units([slide], patch_size=100)
+    dataset = ImportancePatchDataset(units, patch_size=100)
+    for index in (0, len(units) - 1):
+        cy, cx = units[index]["centre"]
+        assert tuple(int(v) for v in dataset[index]["image"].meta["location"]) == (cy - 100, cx - 100)
 
 
 def test_draws_repeat_under_a_seed_and_change_between_visits(prepared):

@@ -1,5 +1,5 @@
 """Kaggle Dice (scripts/metrics.py): counts accumulated band by band, the empty cases, the mean over
-slides, and the ignite metric that scores each slide as a whole."""
+slides, the ignite metric that scores each slide as a whole, and its small per-slide error maps."""
 
 from __future__ import annotations
 
@@ -11,10 +11,18 @@ import torch
 from conftest import disc_slide, write_slide
 from ignite.engine import Engine
 from monai.data import MetaTensor
-from scripts.metrics import DiceCounts, SlideDice, dice_score, mean_dice
+from scripts.metrics import (
+    DiceCounts,
+    SlideDice,
+    dice_score,
+    map_downsample,
+    mean_dice,
+    pool_any_into,
+)
 from scripts.prepare import prepare_slide, read_window
+from scripts.pyramid import pool_mask
 from scripts.rle import rle_encode
-from scripts.stitching import blend_weights
+from scripts.stitching import SlideStitchers, blend_weights
 from scripts.wsi_inference import window_datalist
 
 
@@ -112,3 +120,61 @@ def test_slide_dice_attached_to_an_engine_resets_each_run(labelled):
     zeros = [{**o, "pred": torch.zeros_like(o["pred"])} for o in outputs]
     engine.run([zeros])
     assert engine.state.metrics["dice"] == 0.0  # only the second run's windows
+
+
+def test_any_pooling_band_by_band_equals_pooling_the_whole_mask():
+    rng = np.random.default_rng(3)
+    mask = rng.random((37, 29)) < 0.05
+    for downsample in (1, 2, 4, 8, 64):
+        small = np.zeros((-(-37 // downsample), -(-29 // downsample)), bool)
+        for start, stop in ((0, 5), (5, 6), (6, 19), (19, 37)):  # bands off the block edges
+            pool_any_into(small, mask[start:stop], start, downsample)
+        assert np.array_equal(small, pool_mask(mask, downsample, "max"))
+    assert [map_downsample(shape, 64) for shape in ((64, 10), (65, 10), (10, 200), (1, 1))] == [1, 2, 4, 1]
+
+
+def stitched_slides(outputs, weights, threshold=0.5):
+    """Reference: each slide's whole stitched prediction (thresholded) and its whole label."""
+    stitchers, full = SlideStitchers(weights, OVERLAP), {}
+    for output in outputs:
+        meta = output["image"].meta
+        _, bands, _ = stitchers.add(meta, output["pred"][0].numpy())
+        shape = tuple(-(-v // meta["downscale"]) for v in meta["shape"])
+        prediction = full.setdefault(meta["slide_id"], (np.zeros(shape, bool), meta["store"]))[0]
+        for row, band in bands:
+            prediction[row : row + len(band)] = band > threshold
+    return {slide: (prediction, read_window(store, "label", 0, 0, *prediction.shape) != 0)
+            for slide, (prediction, store) in full.items()}
+
+
+@pytest.mark.parametrize("map_size, downsample", [(20, 16), (64, 4), (1000, 1)])
+def test_error_maps_are_the_pooled_whole_slide_masks_and_leave_dice_unchanged(labelled, map_size, downsample):
+    weights = blend_weights(ROI, "gaussian", OVERLAP)
+    outputs = window_outputs(labelled, lambda label: np.roll(label, 6, axis=1))  # misses and false alarms
+    metric, plain = SlideDice(weights, OVERLAP, map_size=map_size), SlideDice(weights, OVERLAP, map_size=None)
+    metric.update(outputs)
+    plain.update(outputs)
+    reference = stitched_slides(outputs, weights)
+    maps, stores = metric.error_maps(), {s.slide_id: s.store for s in labelled}
+    assert sorted(maps) == ["s1", "s2"] and plain.error_maps() == {}
+    for slide, (prediction, truth) in reference.items():
+        assert prediction.shape == (200, 250) and (prediction & ~truth).any() and (truth & ~prediction).any()
+        small = maps[slide]
+        assert small.downsample == downsample and small.downscale == 2 and small.store == stores[slide]
+        assert max(small.prediction.shape) <= map_size
+        assert np.array_equal(small.prediction, pool_mask(prediction, downsample, "max"))
+        assert np.array_equal(small.truth, pool_mask(truth, downsample, "max"))
+        assert metric.per_slide()[slide] == pytest.approx(dice_score(prediction, truth))
+    assert metric.per_slide() == plain.per_slide() and 0.0 < metric.compute() < 1.0
+
+
+def test_error_maps_are_cleared_with_each_run(labelled):
+    outputs = window_outputs(labelled[:1], lambda label: label)
+    metric = SlideDice(blend_weights(ROI, "gaussian", OVERLAP), OVERLAP, map_size=64)
+    engine = Engine(lambda engine, batch: batch)
+    metric.attach(engine, "dice")
+    engine.run([outputs])
+    assert metric.error_maps()["s1"].prediction.any()
+    engine.run([[{**o, "pred": torch.zeros_like(o["pred"])} for o in outputs]])
+    maps = metric.error_maps()["s1"]
+    assert not maps.prediction.any() and maps.truth.any()  # only the second run's (empty) prediction

@@ -3,15 +3,17 @@ tissue, glomerulus boxes, caching keyed on the inputs, and reading windows."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
 import pytest
 import zarr
 from conftest import disc_slide, write_slide
-from scripts.errors import SlideError
+from scripts.errors import InputError, SlideError
 from scripts.prepare import prepare_slide, read_window
 from scripts.pyramid import pool_mask
+from scripts.regions import REGION_CODES
 from scripts.rle import RleError, rle_encode
 
 
@@ -92,3 +94,53 @@ def test_read_window_pads_outside_the_array_with_zero(slide, tmp_path):
     assert window.shape == (30, 20)
     assert not window[:10].any() and not window[:, 10:].any()
     np.testing.assert_array_equal(window[10:, :10], label[:20, 440:450])
+
+
+def _write_features(path, features):
+    path.write_text(json.dumps([
+        {"type": "Feature", "geometry": geometry, "properties": {"classification": {"name": name}}}
+        for name, geometry in features
+    ]))
+    return path
+
+
+def _disc_polygon(cy, cx, radius, points=90):
+    angles = np.linspace(0, 2 * np.pi, points, endpoint=False)
+    ring = np.stack([cx + radius * np.cos(angles), cy + radius * np.sin(angles)], axis=1)
+    return {"type": "Polygon", "coordinates": [np.vstack([ring, ring[:1]]).tolist()]}
+
+
+def test_polygons_label_a_slide_without_rle(slide, tmp_path):
+    path, mask = slide
+    polygons = _write_features(tmp_path / "s1.json", [("glomerulus", _disc_polygon(300, 300, 80)),
+                                                      ("glomerulus", _disc_polygon(450, 650, 60))])
+    prepared = prepare_slide("s1", path, tmp_path / "cache", 2, polygons=polygons)
+    label = zarr.open_group(prepared.store, mode="r")["label"][:].astype(bool)
+    expected = pool_mask(mask, 2, "mean") >= 0.5
+    assert prepared.has_label and prepared.glomeruli == 2
+    assert (label != expected).mean() < 0.002  # polygon edges vs the pixel discs
+    assert prepare_slide("s1", path, tmp_path / "cache", 2, rle_encode(mask)).glomeruli == 2
+
+
+def test_region_file_fills_the_region_map(slide, tmp_path):
+    path, mask = slide
+    cortex = {"type": "MultiPolygon", "coordinates": [
+        [[[0, 0], [450, 0], [450, 700], [0, 700], [0, 0]]],
+        [[[450, 0], [900, 0], [900, 200], [450, 200], [450, 0]]]]}
+    regions = _write_features(tmp_path / "s1-anatomical-structure.json", [("Cortex", cortex)])
+    prepared = prepare_slide("s1", path, tmp_path / "cache", 2, rle_encode(mask), regions=regions)
+    group = zarr.open_group(prepared.store, mode="r")
+    codes, downsample = group["regions"][:], group.attrs["tissue_downsample"]
+    assert codes[300 // downsample, 200 // downsample] == REGION_CODES["cortex"]
+    assert codes[100 // downsample, 700 // downsample] == REGION_CODES["cortex"]  # second polygon of the MultiPolygon
+    assert codes[450 // downsample, 650 // downsample] == REGION_CODES["other"]  # tissue, no region
+    assert codes[690 // downsample, 890 // downsample] == REGION_CODES["background"]
+    no_file = zarr.open_group(prepare_slide("s2", path, tmp_path / "cache", 2, rle_encode(mask)).store, mode="r")
+    assert no_file["regions"][450 // downsample, 650 // downsample] == REGION_CODES["tissue"]
+
+
+def test_polygons_outside_the_slide_are_a_clear_error(slide, tmp_path):
+    path, _ = slide
+    polygons = _write_features(tmp_path / "s1.json", [("glomerulus", _disc_polygon(3000, 3000, 80))])
+    with pytest.raises(InputError, match=r"s1\.json: polygon 0 \(glomerulus\).*outside the 900 x 700 slide"):
+        prepare_slide("s1", path, tmp_path / "cache", 2, polygons=polygons)

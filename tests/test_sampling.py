@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 from conftest import disc_slide, write_slide
 from scripts.prepare import prepare_slide
 from scripts.rle import rle_encode
-from scripts.sampling import sampling_units, split_slides
+from scripts.sampling import class_weights, grid_units, sampling_units, split_slides
 
 
 def test_every_glomerulus_once_plus_random_units(tmp_path):
@@ -36,8 +38,37 @@ def test_fold_out_of_range_is_rejected():
         split_slides({"a": 1, "b": 2}, 4, 4)
 
 
-def test_anywhere_fraction_splits_the_random_units(tmp_path):
+def test_random_units_carry_the_region_weights(tmp_path):
     image, mask = disc_slide()
     slide = prepare_slide("s1", write_slide(tmp_path / "s1.tiff", image), tmp_path / "cache", 2, rle_encode(mask))
-    regions = [unit["region"] for unit in sampling_units([slide], random_per_slide=8, anywhere_fraction=0.25)]
-    assert regions.count("glomerulus") == 2 and regions.count("tissue") == 6 and regions.count("anywhere") == 2
+    units = sampling_units([slide], random_per_slide=8, region_weights={"cortex": 0.5, "medulla": 0.3, "other": 0.2})
+    assert [u["region"] for u in units].count("random") == 8
+    weights = units[-1]["weights"]
+    assert weights == pytest.approx({"cortex": 0.5, "medulla": 0.3, "other": 0.2, "tissue": 0.8})  # tissue: c + m
+
+
+@pytest.mark.parametrize("weights", [{"cortex": -1}, {"cortex": 0, "medulla": 0, "other": 0}, {"cortx": 1}])
+def test_bad_region_weights_are_rejected(weights):
+    with pytest.raises(ValueError, match="region_weights"):
+        class_weights(weights)
+
+
+def test_grid_tiles_cover_the_tissue_and_drop_the_glass(tmp_path):
+    image, mask = disc_slide()
+    slide = prepare_slide("s1", write_slide(tmp_path / "s1.tiff", image), tmp_path / "cache", 2, rle_encode(mask))
+    units = grid_units([slide], patch_size=64, min_tissue=0.5)  # 128 level-0 pixels per tile: 6 x 8 tiles
+    centres = [tuple(u["centre"]) for u in units]
+    assert all(u["region"] == "grid" for u in units) and len(set(centres)) == len(centres)
+    assert (64 + 128 * 2, 64 + 128 * 3) in centres  # the middle of the tissue ellipse
+    assert (64, 64) not in centres and (64 + 128 * 5, 64 + 128 * 6) not in centres  # glass corners
+    assert 20 <= len(units) < 48
+    assert len(grid_units([slide], patch_size=64, min_tissue=0.0)) == 48
+
+
+def test_folds_are_stratified_by_glomerulus_count():
+    slides = {f"id{i}": SimpleNamespace(name=f"id{i}", glomeruli=count)
+              for i, count in enumerate([0, 1, 2, 3, 50, 60, 70, 80, 500, 600, 700, 800])}
+    for fold in range(4):
+        _, val = split_slides(slides, 4, fold, seed=1)
+        counts = sorted(s.glomeruli for s in val)
+        assert len(val) == 3 and counts[0] < 10 and 10 < counts[1] < 100 and counts[2] > 100

@@ -16,6 +16,8 @@ import zarr
 from monai.data import PatchWSIDataset
 from monai.transforms import Randomizable
 
+from .regions import SAMPLING_CLASSES
+
 __all__ = ["ImportancePatchDataset", "SlideRegionDataset"]
 
 META_KEYS = ("slide_id", "store", "downscale", "shape")
@@ -88,14 +90,15 @@ class SlideRegionDataset(PatchWSIDataset):
 class ImportancePatchDataset(Randomizable, SlideRegionDataset):
     """Training patches: one item per sampling unit, its centre drawn again at every visit.
 
-    A ``glomerulus`` unit gets a centre uniform in its ``bbox`` (level-0 ``[y0, x0, y1, x1]``), a
-    ``tissue`` unit one uniform over the slide's tissue mask, an ``anywhere`` unit one uniform over
-    the whole slide. The draw uses
-    this dataset's random state, which MONAI's ``DataLoader`` reseeds per worker and per epoch,
-    so every epoch sees new patches and a seeded run repeats exactly.
+    A ``glomerulus`` unit gets a centre uniform in its ``bbox`` (level-0 ``[y0, x0, y1, x1]``); a
+    ``random`` unit picks a region class (:data:`scripts.regions.SAMPLING_CLASSES`) with probability
+    proportional to its ``weights`` (``{class: weight}``, classes the slide lacks left out), then a
+    centre uniform in that class's pixels of the region map; a ``grid`` unit keeps its fixed ``centre``. The draw uses this dataset's random
+    state, which MONAI's ``DataLoader`` reseeds per worker and per epoch, so every epoch sees new
+    patches and a seeded run repeats exactly.
 
     Args:
-        data: sampling units (see :func:`scripts.sampling.sampling_units`).
+        data: sampling units (see :mod:`scripts.sampling`).
         patch_size: patch side at the working resolution.
         transform: transforms applied to ``{"image": MetaTensor}``.
         seed: initial random state (the DataLoader replaces it in workers).
@@ -106,25 +109,38 @@ class ImportancePatchDataset(Randomizable, SlideRegionDataset):
                  reader: str = "cuCIM", **kwargs) -> None:
         super().__init__(data, transform=transform, reader=reader, **kwargs)
         self.patch_side = patch_size
-        self._tissue: dict[str, tuple[np.ndarray, int]] = {}
+        self._regions: dict[str, tuple[dict[str, tuple[np.ndarray, np.ndarray]], int]] = {}
         self.set_random_state(seed)
 
     def randomize(self, data: dict) -> tuple[int, int]:
         """Draw a level-0 patch centre ``(row, col)`` for a sampling unit."""
+        if data["region"] == "grid":
+            return tuple(data["centre"])
         if data["region"] == "glomerulus":
             y0, x0, y1, x1 = data["bbox"]
             return int(self.R.randint(y0, max(y1, y0 + 1))), int(self.R.randint(x0, max(x1, x0 + 1)))
-        points, downsample = self._tissue_points(data["store"])
-        if data["region"] == "anywhere" or not len(points):
+        points, downsample = self._region_points(data["store"])
+        names = [name for name, weight in data["weights"].items() if weight > 0 and name in points]
+        if not names:
             return int(self.R.randint(0, data["shape"][0])), int(self.R.randint(0, data["shape"][1]))
-        row, col = points[self.R.randint(len(points))]
-        return int((row + self.R.rand()) * downsample), int((col + self.R.rand()) * downsample)
+        weights = np.array([data["weights"][name] for name in names], dtype=float)
+        rows, cols = points[names[self.R.choice(len(names), p=weights / weights.sum())]]
+        pick = self.R.randint(len(rows))
+        return int((rows[pick] + self.R.rand()) * downsample), int((cols[pick] + self.R.rand()) * downsample)
 
-    def _tissue_points(self, store: str) -> tuple[np.ndarray, int]:
-        if store not in self._tissue:
+    def _region_points(self, store: str) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], int]:
+        """``({class: (rows, cols)}, downsample)`` of the store's region map, for the classes it holds;
+        read once per store."""
+        if store not in self._regions:
             group = zarr.open_group(store, mode="r")
-            self._tissue[store] = (np.argwhere(group["tissue"][:] > 0), int(group.attrs["tissue_downsample"]))
-        return self._tissue[store]
+            regions = group["regions"][:]
+            points = {}
+            for name, codes in SAMPLING_CLASSES.items():
+                rows, cols = np.nonzero(np.isin(regions, codes))
+                if len(rows):
+                    points[name] = (rows.astype(np.int32), cols.astype(np.int32))
+            self._regions[store] = (points, int(group.attrs["tissue_downsample"]))
+        return self._regions[store]
 
     def _get_location(self, sample: dict) -> tuple[int, int]:
         centre = self.randomize(sample)

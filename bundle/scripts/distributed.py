@@ -67,9 +67,14 @@ def barrier() -> None:
 
 def any_rank(flag: bool) -> bool:
     """Whether ``flag`` is true on any rank (so all ranks take the same decision together)."""
+    return bool(max_over_ranks(float(flag)))
+
+
+def max_over_ranks(value: float) -> float:
+    """The largest ``value`` of all ranks (``value`` itself without a process group)."""
     if not _active():
-        return flag
+        return value
     on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    value = torch.tensor([int(flag)], device=on)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
+    tensor = torch.tensor([value], dtype=torch.float64, device=on)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return float(tensor.item())

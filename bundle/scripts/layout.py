@@ -4,7 +4,10 @@ Layout::
 
     <dataset_dir>/train/<id>.tiff          training slides
     <dataset_dir>/train.csv                id,encoding (RLE of the glomerulus mask)
-    <dataset_dir>/train/<id>.json          glomerulus polygons (QuPath GeoJSON, optional)
+    <dataset_dir>/train/<id>.json          glomerulus polygons (QuPath GeoJSON, optional; the label
+                                           of a training slide that has no train.csv row)
+    <dataset_dir>/train/<id>-anatomical-structure.json
+                                           Cortex / Medulla polygons (optional, for sampling)
     <dataset_dir>/test/<id>.tiff           slides to segment
     <dataset_dir>/sample_submission.csv    id,predicted (which test slides to segment)
     <dataset_dir>/solution.csv             id,encoding (test truth, optional)
@@ -18,6 +21,7 @@ from __future__ import annotations
 import csv
 import re
 import sys
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -138,6 +142,29 @@ class HubmapFolder:
             if path.is_file():
                 return path
         return None
+
+    def annotation_path(self, split: str, slide_id: str, kind: str) -> Path | None:
+        """``<split>/<id>.json`` (``kind="glomeruli"``) or ``<split>/<id>-anatomical-structure.json``
+        (``kind="regions"``) if it exists."""
+        path = self.root / split / (f"{slide_id}.json" if kind == "glomeruli" else f"{slide_id}-anatomical-structure.json")
+        return path if path.is_file() else None
+
+    def polygon_labelled_slides(self, split: str = "train", exclude: Collection[str] = ()) -> dict[str, Path]:
+        """Slides of ``split`` not in ``exclude`` that have glomerulus polygons (``<id>.json``) and no RLE.
+
+        Args:
+            split: the folder.
+            exclude: ids already labelled by a CSV row.
+
+        Returns:
+            ``{id: image path}`` sorted by id.
+        """
+        slides = {}
+        for path in sorted((self.root / split).glob("*.json")):
+            image = self.slide_path(split, path.stem) if is_safe_id(path.stem) else None
+            if image is not None and path.stem not in exclude:
+                slides[path.stem] = image
+        return slides
 
     def labelled_slides(self, csv_name: str = "train.csv", split: str = "train") -> dict[str, tuple[Path, CsvRow]]:
         """Slides listed in ``csv_name`` with their RLE row, for those whose image exists.

@@ -1,11 +1,13 @@
 """Dice the Kaggle way: per slide, then the mean over slides; 1.0 where prediction and truth are
-both empty. Counts are accumulated band by band so no whole-slide mask is ever needed.
+both empty. Counts are accumulated band by band so no whole-slide mask is ever needed; so are the
+small per-slide maps of prediction and truth that show where a slide's errors are.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -14,7 +16,7 @@ from ignite.metrics import Metric
 from .prepare import read_window
 from .stitching import SlideStitchers
 
-__all__ = ["DiceCounts", "SlideDice", "dice_score", "mean_dice"]
+__all__ = ["DiceCounts", "SlideDice", "SlideMaps", "dice_score", "map_downsample", "mean_dice", "pool_any_into"]
 
 
 class DiceCounts:
@@ -53,6 +55,51 @@ def mean_dice(per_slide: dict[str, float]) -> float:
     return float(np.mean(list(per_slide.values()))) if per_slide else float("nan")
 
 
+class SlideMaps(NamedTuple):
+    """Small copies of one slide's thresholded prediction and truth (see :class:`SlideDice`).
+
+    Attributes:
+        prediction: ``(ceil(h / downsample), ceil(w / downsample))`` bool; a pixel is set when any
+            working pixel of its block is predicted.
+        truth: the same for the label.
+        downsample: working pixels per map pixel (a power of two).
+        downscale: level-0 pixels per working pixel.
+        store: the slide's zarr store.
+        image: the slide image the windows were read from (None when the metadata did not say).
+    """
+
+    prediction: np.ndarray
+    truth: np.ndarray
+    downsample: int
+    downscale: int
+    store: str
+    image: str | None
+
+
+def map_downsample(shape: Sequence[int], map_size: int) -> int:
+    """Smallest power of two that brings the longest side of ``shape`` to at most ``map_size``."""
+    downsample = 1
+    while -(-max(int(v) for v in shape) // downsample) > map_size:
+        downsample *= 2
+    return downsample
+
+
+def pool_any_into(small: np.ndarray, band: np.ndarray, row: int, downsample: int) -> None:
+    """OR an ``any``-pool of ``band`` (rows ``[row, row + len(band))`` of a mask, from column 0)
+    into ``small``, the mask pooled by ``downsample``; the band need not start on a block edge."""
+    band = np.asarray(band) != 0
+    if downsample == 1:
+        small[row : row + len(band), : band.shape[1]] |= band
+        return
+    top = row % downsample
+    rows = top + len(band)
+    padded = np.zeros((-(-rows // downsample) * downsample, small.shape[1] * downsample), bool)
+    padded[top:rows, : band.shape[1]] = band
+    pooled = padded.reshape(len(padded) // downsample, downsample, small.shape[1], downsample).any(axis=(1, 3))
+    first = row // downsample
+    small[first : first + len(pooled)] |= pooled[: len(small) - first]
+
+
 class SlideDice(Metric):
     """Ignite metric: mean over slides of each slide's Dice at the working resolution.
 
@@ -60,32 +107,58 @@ class SlideDice(Metric):
     and compared, band by band, with the ``label`` array of the slide's zarr store, so a slide
     scores as a whole, not as the mean of its windows.
 
+    From the same bands it keeps, per slide, a small ``any``-pooled copy of the thresholded
+    prediction and of the label (longest side at most ``map_size``), for pictures of where the
+    errors are (:meth:`error_maps`, drawn by :class:`scripts.reports.ValidationErrorMaps`).
+
     Args:
         weights: window blend weights (:func:`scripts.stitching.blend_weights`).
         overlap: the windows' overlap.
         threshold: probability above which a pixel is glomerulus.
+        map_size: longest side of the per-slide maps in pixels; None or 0 keeps no maps.
     """
 
-    def __init__(self, weights: np.ndarray, overlap: float, threshold: float = 0.5) -> None:
+    def __init__(self, weights: np.ndarray, overlap: float, threshold: float = 0.5, map_size: int | None = 1024) -> None:
         self.weights = weights
         self.overlap = overlap
         self.threshold = threshold
+        self.map_size = int(map_size) if map_size else 0
         self._counts: dict[str, DiceCounts] = defaultdict(DiceCounts)
+        self._maps: dict[str, SlideMaps] = {}
         self._stitchers = SlideStitchers(weights, overlap)
         super().__init__()
 
     def reset(self) -> None:
         self._counts = defaultdict(DiceCounts)
+        self._maps = {}
         self._stitchers = SlideStitchers(self.weights, self.overlap)
 
     def update(self, output: Sequence[dict]) -> None:
         for item in output:
             meta = item["image"].meta
+            slide_id = str(meta["slide_id"])
             probability = item["pred"][0].detach().float().cpu().numpy()
             width, bands, _ = self._stitchers.add(meta, probability)
+            maps = self._slide_maps(slide_id, meta) if self.map_size else None
             for row, band in bands:
                 label = read_window(meta["store"], "label", row, 0, len(band), width)
-                self._counts[str(meta["slide_id"])].add(band > self.threshold, label)
+                predicted = band > self.threshold
+                self._counts[slide_id].add(predicted, label)
+                if maps is not None:
+                    pool_any_into(maps.prediction, predicted, row, maps.downsample)
+                    pool_any_into(maps.truth, label, row, maps.downsample)
+
+    def _slide_maps(self, slide_id: str, meta: dict) -> SlideMaps:
+        """The slide's maps, made empty on its first window."""
+        if slide_id not in self._maps:
+            downscale = int(meta["downscale"])
+            shape = [-(-int(v) // downscale) for v in meta["shape"]]  # at the working resolution
+            downsample = map_downsample(shape, self.map_size)
+            small = tuple(-(-v // downsample) for v in shape)
+            image = meta.get("path", meta.get("image"))
+            self._maps[slide_id] = SlideMaps(np.zeros(small, bool), np.zeros(small, bool), downsample, downscale,
+                                             str(meta["store"]), None if image is None else str(image))
+        return self._maps[slide_id]
 
     def compute(self) -> float:
         return mean_dice(self.per_slide())
@@ -93,3 +166,7 @@ class SlideDice(Metric):
     def per_slide(self) -> dict[str, float]:
         """Each slide's Dice from the last run."""
         return {slide: counts.dice for slide, counts in self._counts.items()}
+
+    def error_maps(self) -> dict[str, SlideMaps]:
+        """Each slide's small prediction and truth maps from the last run (empty without ``map_size``)."""
+        return dict(self._maps)

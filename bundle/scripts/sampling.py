@@ -1,9 +1,11 @@
 """Which patches training sees: sampling units per slide, and the split of slides into folds.
 
-Each epoch visits every glomerulus once (its patch centre drawn inside the glomerulus's box by
-:class:`scripts.datasets.ImportancePatchDataset`) plus a fixed number of centres drawn at random
-in each slide's tissue, the sampling that made the strongest HuBMAP solutions fast and accurate.
-Validation slides are whole slides held out by slide, never by patch.
+Importance sampling (the default, what made the strongest HuBMAP solutions fast and accurate):
+each epoch visits every glomerulus once (its patch centre drawn inside the glomerulus's box by
+:class:`scripts.datasets.ImportancePatchDataset`) plus a fixed number of random centres per slide,
+drawn from the slide's region map with weights per region (cortex, where glomeruli are, most).
+Grid sampling: dense tiles over the slide, background tiles dropped, as the tiled competition
+baselines trained. Validation slides are whole slides held out by slide, never by patch.
 """
 
 from __future__ import annotations
@@ -15,46 +17,101 @@ import numpy as np
 import zarr
 
 from .prepare import PreparedSlide
+from .regions import SAMPLING_CLASSES
 
-__all__ = ["sampling_units", "split_slides"]
+__all__ = ["DEFAULT_REGION_WEIGHTS", "class_weights", "grid_units", "sampling_units", "split_slides"]
 
 T = TypeVar("T")
 
+DEFAULT_REGION_WEIGHTS = {"cortex": 0.7, "medulla": 0.2, "other": 0.1}
 
-def sampling_units(slides: Sequence[PreparedSlide], random_per_slide: int, anywhere_fraction: float = 0.0) -> list[dict]:
+
+def class_weights(region_weights: Mapping[str, float]) -> dict[str, float]:
+    """Sampling weight per region class of :data:`scripts.regions.SAMPLING_CLASSES`.
+
+    ``other`` covers other tissue and glass together; tissue on a slide without a region file
+    weighs as cortex and medulla together (unless ``tissue`` is given).
+
+    Args:
+        region_weights: ``{"cortex": w, "medulla": w, "other": w}`` (``tissue`` optional).
+
+    Returns:
+        ``{"cortex": w, "medulla": w, "other": w, "tissue": w}``.
+
+    Raises:
+        ValueError: an unknown region name, a negative weight, or all weights zero.
+    """
+    unknown = set(region_weights) - set(SAMPLING_CLASSES)
+    if unknown or any(w < 0 for w in region_weights.values()) or not any(region_weights.values()):
+        raise ValueError(f"region_weights must give non-negative weights, not all zero, to cortex, medulla, other "
+                         f"(and optionally tissue); got {dict(region_weights)}")
+    weights = {name: float(region_weights.get(name, 0.0)) for name in ("cortex", "medulla", "other")}
+    weights["tissue"] = float(region_weights.get("tissue", weights["cortex"] + weights["medulla"]))
+    return weights
+
+
+def sampling_units(slides: Sequence[PreparedSlide], random_per_slide: int,
+                   region_weights: Mapping[str, float] | None = None) -> list[dict]:
     """One datalist item per glomerulus plus ``random_per_slide`` random items per slide.
 
     Args:
         slides: prepared, labelled slides.
         random_per_slide: patches per slide and epoch centred at random points.
-        anywhere_fraction: the share of those centred anywhere on the slide (glass and slide
-            edges included, so the network learns to leave them empty); the rest fall in tissue.
+        region_weights: how random centres are shared between regions (default
+            :data:`DEFAULT_REGION_WEIGHTS`, see :func:`class_weights`).
 
     Returns:
         Items for :class:`scripts.datasets.ImportancePatchDataset`: the slide's fields (``level`` is
         the working level) and ``region``: ``"glomerulus"`` (with ``bbox``, level-0
-        ``[y0, x0, y1, x1]``), ``"tissue"`` or ``"anywhere"``.
+        ``[y0, x0, y1, x1]``) or ``"random"`` (with ``weights``, ``{class: weight}``).
     """
-    anywhere = round(random_per_slide * anywhere_fraction)
+    weights = class_weights(region_weights or DEFAULT_REGION_WEIGHTS)
     units = []
     for slide in slides:
         base = slide.as_dict()
         boxes = zarr.open_group(slide.store, mode="r").attrs["glomeruli"]
         units += [{**base, "region": "glomerulus", "bbox": list(box)} for box in boxes]
-        units += [{**base, "region": "tissue"} for _ in range(random_per_slide - anywhere)]
-        units += [{**base, "region": "anywhere"} for _ in range(anywhere)]
+        units += [{**base, "region": "random", "weights": weights} for _ in range(random_per_slide)]
     return units
 
 
-def split_slides(slides: Mapping[str, T], num_folds: int, fold: int, seed: int = 0) -> tuple[list[T], list[T]]:
-    """Split slides into training and validation sets, whole slides only.
-
-    Slides are shuffled under ``seed`` and dealt round-robin into ``num_folds`` folds; fold
-    ``fold`` is the validation set. When that fold is empty (fewer slides than folds), one slide
-    validates.
+def grid_units(slides: Sequence[PreparedSlide], patch_size: int, min_tissue: float = 0.1) -> list[dict]:
+    """Dense tiles: one item per ``patch_size`` tile of the working grid holding enough tissue.
 
     Args:
-        slides: ``{id: slide}``.
+        slides: prepared, labelled slides.
+        patch_size: tile side at the working resolution (tiles do not overlap).
+        min_tissue: the least share of a tile's tissue-mask pixels that must be tissue (the
+            saturation test of :mod:`scripts.tissue`); emptier tiles are dropped.
+
+    Returns:
+        Items with ``region`` ``"grid"`` and ``centre``, the tile's level-0 ``[row, col]`` centre.
+    """
+    units = []
+    for slide in slides:
+        group = zarr.open_group(slide.store, mode="r")
+        tissue, downsample = group["tissue"][:] > 0, int(group.attrs["tissue_downsample"])
+        side = patch_size * slide.downscale  # level-0 pixels per tile
+        for top in range(0, slide.shape[0], side):
+            for left in range(0, slide.shape[1], side):
+                window = tissue[top // downsample : -(-(top + side) // downsample),
+                                left // downsample : -(-(left + side) // downsample)]
+                if window.size and window.mean() >= min_tissue:
+                    units.append({**slide.as_dict(), "region": "grid", "centre": [top + side // 2, left + side // 2]})
+    return units
+
+
+def split_slides(slides: Mapping[str, PreparedSlide], num_folds: int, fold: int,
+                 seed: int = 0) -> tuple[list[PreparedSlide], list[PreparedSlide]]:
+    """Split slides into training and validation sets, whole slides only, stratified by glomerulus count.
+
+    Slides are ordered by their number of glomeruli and dealt into ``num_folds`` folds a block of
+    ``num_folds`` at a time, shuffled within each block under ``seed``, so every fold gets slides
+    with few and many glomeruli. Fold ``fold`` is the validation set. When that fold is empty
+    (fewer slides than folds), one slide validates.
+
+    Args:
+        slides: ``{id: slide}``; a slide's ``glomeruli`` attribute is its count (0 when absent).
         num_folds: number of folds (at least 2).
         fold: the validation fold, ``0 <= fold < num_folds``.
         seed: shuffling seed.
@@ -62,11 +119,16 @@ def split_slides(slides: Mapping[str, T], num_folds: int, fold: int, seed: int =
     Returns:
         ``(train, val)`` lists of the mapping's values; both non-empty when there are two slides or more.
     """
-    ids = sorted(slides)
     if not 0 <= fold < num_folds:
         raise ValueError(f"fold must be in [0, {num_folds}), got {fold}")
-    if len(ids) < 2:
-        return [slides[i] for i in ids], []
-    order = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
-    val = [s for i, s in enumerate(order) if i % num_folds == fold] or order[-1:]
-    return [slides[s] for s in order if s not in val], [slides[s] for s in val]
+    if len(slides) < 2:
+        return list(slides.values()), []
+    ordered = sorted(slides, key=lambda key: (getattr(slides[key], "glomeruli", 0), key))
+    rng = np.random.default_rng(seed)
+    folds: dict[str, int] = {}
+    for start in range(0, len(ordered), num_folds):
+        block = ordered[start : start + num_folds]
+        for position, index in enumerate(rng.permutation(len(block))):
+            folds[block[index]] = position
+    val = [key for key in ordered if folds[key] == fold] or ordered[-1:]
+    return [slides[key] for key in ordered if key not in val], [slides[key] for key in val]

@@ -12,14 +12,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import zarr
+
 from .demo import ensure_demo
 from .distributed import barrier, is_main_process, rank_share
 from .errors import DatasetError, InputError
-from .layout import HubmapFolder, is_safe_id, report_problems
+from .layout import CsvRow, HubmapFolder, is_safe_id, report_problems
 from .prepare import PreparedSlide, prepare_slide
+from .regions import REGION_CODES
 
 __all__ = [
-    "SlideSet", "check_checkpoint", "evaluation_slides", "inference_slides", "report_training", "training_slides",
+    "SlideSet", "check_checkpoint", "evaluation_slides", "inference_slides", "pseudo_labelled_slides",
+    "report_prepared", "report_training", "training_slides",
     "user_errors",
 ]
 
@@ -69,32 +74,47 @@ def open_dataset(dataset_dir: str, demo_dir: str) -> HubmapFolder:
     return HubmapFolder(Path(dataset_dir))
 
 
-def _prepare_all(folder: HubmapFolder, listed: dict, cache_dir: str, downscale: int, tissue: dict | None,
-                 labelled: bool, share: bool = False) -> SlideSet:
+def _prepare_all(folder: HubmapFolder, split: str, listed: dict[str, tuple[Path, str | None]], cache_dir: str,
+                 downscale: int, tissue: dict | None, labelled: bool, share: bool = False) -> SlideSet:
     """Prepare every listed slide (this rank's share of them when ``share``), keeping going past
-    the ones that fail."""
+    the ones that fail.
+
+    Args:
+        folder: the dataset.
+        split: the folder of the slides (for their annotation files).
+        listed: ``{id: (image, rle or None)}``; a labelled slide without RLE takes its polygons.
+        cache_dir: canonical slides and zarr stores.
+        downscale: working resolution.
+        tissue: tissue-mask settings.
+        labelled: whether the slides are labelled (their RLE becomes :attr:`SlideSet.truth`).
+        share: prepare only this rank's share.
+    """
     result = SlideSet(truth={} if labelled else None, listed=list(listed))
     for slide_id in rank_share(list(listed)) if share else listed:
-        entry = listed[slide_id]
-        image, rle = entry if labelled else (entry, None)
+        image, rle = listed[slide_id]
+        polygons = folder.annotation_path(split, slide_id, "glomeruli") if labelled and rle is None else None
         try:
-            result.prepared[slide_id] = prepare_slide(slide_id, image, cache_dir, downscale,
-                                                      None if rle is None else rle.value, tissue)
+            result.prepared[slide_id] = prepare_slide(slide_id, image, cache_dir, downscale, rle, tissue, polygons,
+                                                      folder.annotation_path(split, slide_id, "regions"))
         except InputError as error:
             result.failed[slide_id] = str(error)
             continue
-        if labelled:
-            result.truth[slide_id] = rle.value
+        if labelled and rle is not None:
+            result.truth[slide_id] = rle
     result.failed.update(folder.problems)
     result.listed += [key for key in folder.problems if is_safe_id(key) and key not in result.listed]
     return result
 
 
+def _with_rle(slides: dict[str, tuple[Path, CsvRow]]) -> dict[str, tuple[Path, str | None]]:
+    return {slide_id: (image, row.value) for slide_id, (image, row) in slides.items()}
+
 
 @user_errors
 def training_slides(dataset_dir: str, demo_dir: str, cache_dir: str, downscale: int,
                     tissue: dict | None = None) -> SlideSet:
-    """Prepare the labelled slides of ``train.csv``.
+    """Prepare the labelled slides: those of ``train.csv``, and those of ``train/`` with glomerulus
+    polygons (``<id>.json``) but no row.
 
     Args:
         dataset_dir: HuBMAP-layout folder.
@@ -107,7 +127,12 @@ def training_slides(dataset_dir: str, demo_dir: str, cache_dir: str, downscale: 
         The slides; at least two, so that one can validate.
     """
     folder = open_dataset(dataset_dir, demo_dir)
-    slides = _prepare_all(folder, folder.labelled_slides("train.csv", "train"), cache_dir, downscale, tissue, True)
+    listed = _with_rle(folder.labelled_slides("train.csv", "train")) if (folder.root / "train.csv").is_file() else {}
+    listed.update({key: (image, None) for key, image in folder.polygon_labelled_slides("train", listed).items()})
+    if not listed and not folder.problems:
+        raise DatasetError(f"{folder.root}: no training slides; put them in train/<id>.tiff with their masks in "
+                           "train.csv (id,encoding) or glomerulus polygons in train/<id>.json")
+    slides = _prepare_all(folder, "train", listed, cache_dir, downscale, tissue, True)
     report_problems(slides.failed)
     if len(slides.prepared) < 2:
         raise DatasetError(f"{folder.root}: {len(slides.prepared)} usable training slide(s); at least 2 are "
@@ -116,11 +141,36 @@ def training_slides(dataset_dir: str, demo_dir: str, cache_dir: str, downscale: 
 
 
 @user_errors
+def pseudo_labelled_slides(dataset_dir: str, csv_path: str | None, cache_dir: str, downscale: int,
+                           tissue: dict | None = None) -> list[PreparedSlide]:
+    """Prepare the slides of a pseudo-label file (``id,encoding``; images in ``test/``) for training.
+
+    Args:
+        dataset_dir: HuBMAP-layout folder.
+        csv_path: the file written by ``run pseudo_labels``, or None for none.
+        cache_dir: canonical slides and zarr stores.
+        downscale: working resolution.
+        tissue: tissue-mask settings.
+
+    Returns:
+        The prepared slides (empty when ``csv_path`` is None); unusable rows are reported and left out.
+    """
+    if csv_path is None:
+        return []
+    folder = HubmapFolder(Path(dataset_dir))
+    listed = _with_rle(folder.labelled_slides(str(Path(csv_path).resolve()), "test"))
+    slides = _prepare_all(folder, "test", listed, cache_dir, downscale, tissue, True)
+    report_problems(slides.failed)
+    return slides.slides
+
+
+@user_errors
 def inference_slides(dataset_dir: str, demo_dir: str, cache_dir: str, downscale: int,
                      tissue: dict | None = None) -> SlideSet:
     """Prepare the slides to segment (``sample_submission.csv``, else ``test/*.tiff``)."""
     folder = open_dataset(dataset_dir, demo_dir)
-    slides = _prepare_all(folder, folder.test_slides(), cache_dir, downscale, tissue, False, share=True)
+    listed = {slide_id: (image, None) for slide_id, image in folder.test_slides().items()}
+    slides = _prepare_all(folder, "test", listed, cache_dir, downscale, tissue, False, share=True)
     if not slides.listed and not slides.failed:
         raise DatasetError(f"{folder.root}: no slides to segment; put them in test/<id>.tiff")
     return slides
@@ -134,8 +184,8 @@ def evaluation_slides(dataset_dir: str, demo_dir: str, cache_dir: str, downscale
         raise DatasetError(f"eval_split must be 'test' (solution.csv) or 'train' (train.csv), got {split!r}")
     folder = open_dataset(dataset_dir, demo_dir)
     csv_name = "solution.csv" if split == "test" else "train.csv"
-    slides = _prepare_all(folder, folder.labelled_slides(csv_name, split), cache_dir, downscale, tissue, True,
-                          share=True)
+    slides = _prepare_all(folder, split, _with_rle(folder.labelled_slides(csv_name, split)), cache_dir, downscale,
+                          tissue, True, share=True)
     if not slides.listed:
         raise DatasetError(f"{folder.root / csv_name}: no usable labelled slides to evaluate")
     return slides
@@ -157,6 +207,21 @@ def check_checkpoint(ckpt_path: str) -> str:
             "bundle/configs/train.yaml) or pass --ckpt_path"
         )
     return ckpt_path
+
+
+def report_prepared(slides: SlideSet) -> None:
+    """Print one line per prepared slide: glomeruli, tissue share and region shares, and its store.
+
+    Args:
+        slides: the run's slides (this rank's).
+    """
+    names = {code: name for name, code in REGION_CODES.items()}
+    for slide in slides.slides:
+        regions = zarr.open_group(slide.store, mode="r")["regions"][:]
+        codes, counts = np.unique(regions, return_counts=True)
+        shares = ", ".join(f"{names[int(c)]} {n / regions.size:.0%}" for c, n in zip(codes, counts))
+        print(f"{slide.slide_id}: {slide.glomeruli} glomeruli; {shares}; {slide.store}")
+    print(f"{len(slides.prepared)} slide(s) prepared, {len(slides.failed)} left out")
 
 
 def report_training(ckpt_dir: str) -> None:

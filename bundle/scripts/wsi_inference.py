@@ -46,7 +46,7 @@ from .rle import decode_columns, parse_rle
 from .slides import read_thumbnail
 from .stitching import SlideStitchers, slide_windows
 
-__all__ = ["SlidePredictionWriter", "finished_slides", "window_datalist"]
+__all__ = ["SlidePredictionWriter", "finished_slides", "prediction_confidence", "window_datalist"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ BAND = 512  # chunk side of the working-resolution probabilities
 PREVIEW_SIDE = 1024  # longest side of preview PNGs, in pixels (about)
 PRED_COLOUR, TRUTH_COLOUR = (0, 200, 0), (30, 60, 255)
 QUEUE_WINDOWS = 64  # predicted windows waiting for the writer thread, at most
+UNCERTAIN = (0.2, 0.8)  # probabilities counted as undecided in a slide's confidence
 
 
 def working_shape(slide: PreparedSlide) -> tuple[int, int]:
@@ -252,6 +253,7 @@ class SlidePredictionWriter:
             "glomerulus_pixels": state.level0.area, "tissue_fraction": round(float(np.mean(tissue > 0)), 4),
             "seconds": round(time.monotonic() - state.started, 1), "rank": rank(),
         }
+        summary["confidence"] = round(prediction_confidence(probability), 4)
         if counts is not None:
             summary["dice"] = round(counts.dice, 6)
         write_text_atomic(self.output_dir / "summaries" / f"{name}.json", json.dumps(summary, indent=1))
@@ -304,6 +306,26 @@ class SlidePredictionWriter:
             rows = [(slide_id, f"{value:.4f}") for slide_id, value in dice.items()] + [("mean", f"{mean:.4f}")]
             path = write_csv(self.output_dir / "metrics.csv", ("id", "dice"), rows)
             print(f"Dice (Kaggle, level 0): mean {mean:.4f} over {len(dice)} slide(s); per slide in {path}")
+
+
+def prediction_confidence(probability: zarr.Array, uncertain: tuple[float, float] = UNCERTAIN) -> float:
+    """How decided a slide's prediction is: the share of confident glomerulus pixels among the
+    pixels the network did not call background outright.
+
+    Args:
+        probability: the slide's ``uint8`` probabilities (255 = 1.0) at the working resolution.
+        uncertain: probabilities in ``[low, high)`` are undecided; at or above ``high`` confident.
+
+    Returns:
+        ``confident / (confident + undecided)``, 1.0 for a slide with neither (confidently empty).
+    """
+    low, high = (round(value * 255) for value in uncertain)
+    confident = undecided = 0
+    for row in range(0, probability.shape[0], BAND):
+        band = probability[row : row + BAND]
+        confident += int(np.count_nonzero(band >= high))
+        undecided += int(np.count_nonzero((band >= low) & (band < high)))
+    return confident / (confident + undecided) if confident + undecided else 1.0
 
 
 def rle_dice(predicted: str, truth: str, shape: tuple[int, int], band: int = 1024) -> float:
