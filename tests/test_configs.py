@@ -4,6 +4,7 @@ network input/output, and the properties MONAI expects of train and inference wo
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import subprocess
 import sys
@@ -155,10 +156,11 @@ def test_bundle_packs_as_the_model_zoo_expects(tmp_path):
                                                                    "__pycache__"))
     (bundle / "models" / "model.pt").write_bytes(b"weights")
     zipped = pack(bundle, tmp_path / "dist", "https://example.org/{name}")
-    assert zipped.name == "pathology_glomeruli_segmentation_v0.1.0.zip"
+    version = json.loads((BUNDLE / "configs" / "metadata.json").read_text())["version"]
+    assert zipped.name == f"pathology_glomeruli_segmentation_v{version}.zip"
     with zipfile.ZipFile(zipped) as archive:
         names = set(archive.namelist())
-        root = "pathology_glomeruli_segmentation_v0.1.0/"
+        root = f"pathology_glomeruli_segmentation_v{version}/"
         assert {root + "configs/metadata.json", root + "LICENSE", root + "docs/README.md", root + "docs/data_license.txt",
                 root + "scripts/__init__.py", root + "configs/inference.yaml", root + "large_files.yml"} <= names
         assert not any(name.endswith((".pt", ".ts")) or "/data/" in name or "/cache/" in name for name in names)
