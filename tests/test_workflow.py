@@ -84,3 +84,32 @@ def test_evaluation_reads_solution_for_test_and_train_csv_for_train(tmp_path):
 def test_missing_checkpoint_is_one_line(tmp_path):
     with pytest.raises(SystemExit, match="checkpoint .*model.pt not found: train first"):
         check_checkpoint(str(tmp_path / "model.pt"))
+
+
+def _polygon_json(path, discs):
+    import json
+
+    import numpy as np
+
+    features = []
+    for cy, cx, radius in discs:
+        angles = np.linspace(0, 2 * np.pi, 60, endpoint=False)
+        ring = np.stack([cx + radius * np.cos(angles), cy + radius * np.sin(angles)], axis=1).tolist()
+        features.append({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring + ring[:1]]},
+                         "properties": {"classification": {"name": "glomerulus"}}})
+    path.write_text(json.dumps(features))
+
+
+def test_slides_with_polygons_and_no_row_are_labelled_from_them(tmp_path):
+    root = make_dataset(tmp_path / "data")
+    image, _ = disc_slide(seed=4)
+    write_slide(root / "train" / "poly.tiff", image)
+    _polygon_json(root / "train" / "poly.json", [(300, 300, 80), (450, 650, 60)])
+    _polygon_json(root / "train" / "good1.json", [(100, 100, 10)])  # has a train.csv row: the RLE wins
+    _polygon_json(root / "train" / "far.json", [(5000, 5000, 50)])
+    write_slide(root / "train" / "far.tiff", image)
+    slides = prepare(root, tmp_path)
+    assert list(slides.prepared) == ["good1", "good2", "poly"]
+    assert slides.prepared["poly"].has_label and slides.prepared["poly"].glomeruli == 2
+    assert slides.prepared["good1"].glomeruli == 2 and "poly" not in slides.truth
+    assert "far.json: polygon 0 (glomerulus)" in slides.failed["far"] and "outside the 900 x 700 slide" in slides.failed["far"]
