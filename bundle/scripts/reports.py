@@ -36,8 +36,8 @@ from .distributed import is_main_process
 from .files import atomic_path, write_csv, write_text_atomic
 from .metrics import SlideDice, SlideMaps
 from .outputs import write_png
-from .prepare import read_window
 from .slides import read_thumbnail
+from .transforms import label_window
 
 __all__ = ["FN_COLOUR", "FP_COLOUR", "TP_COLOUR", "TrainingCurves", "ValidationErrorMaps", "ValidationImages",
            "error_overlay", "render_error_map"]
@@ -401,7 +401,7 @@ class ValidationImages:
                     continue
                 if sum(k[0] == key[0] for k in self._chosen) >= self.per_slide:
                     continue
-            label = _label_window(meta)
+            label = label_window(meta) != 0
             if key not in self._chosen:
                 if label.mean() < self.min_fraction or not label.any():
                     self._rejected.add(key)
@@ -432,11 +432,3 @@ class ValidationImages:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-
-
-def _label_window(meta: dict) -> np.ndarray:
-    """The label window of an image window, as :class:`scripts.transforms.LoadLabelPatchd` reads it."""
-    downscale = int(meta["downscale"])
-    top, left = (int(v) // downscale for v in meta["location"])
-    height, width = (int(v) for v in meta["size"])
-    return read_window(meta["store"], "label", top, left, height, width) != 0

@@ -1,6 +1,6 @@
 """MONAI-style transforms that MONAI lacks.
 
-- :class:`LoadLabelPatchd`: label patches from the zarr store.
+- :func:`label_window` / :class:`LoadLabelPatchd`: the label window of an image window, from the zarr store.
 - :class:`RandStainJitter` / :class:`RandStainJitterd`: stain colour augmentation of RGB patches
   (HED jitter, Tellez et al. 2018), run on torch tensors.
 """
@@ -19,7 +19,7 @@ from monai.utils import TransformBackends, convert_to_dst_type
 
 from .prepare import read_window
 
-__all__ = ["HED_FROM_RGB", "RGB_FROM_HED", "LoadLabelPatchd", "RandStainJitter", "RandStainJitterd"]
+__all__ = ["HED_FROM_RGB", "RGB_FROM_HED", "LoadLabelPatchd", "RandStainJitter", "RandStainJitterd", "label_window"]
 
 # Stain (optical density) vectors of haematoxylin, eosin and DAB, one per row (Ruifrok & Johnston 2001),
 # and the inverse: the values of ``skimage.color.rgb_from_hed`` / ``hed_from_rgb``, written out so the
@@ -41,6 +41,16 @@ HED_FROM_RGB = np.array(
 )
 
 
+def label_window(meta: Mapping) -> np.ndarray:
+    """The label window (``uint8``, zero outside the slide) matching an image window read by
+    :mod:`scripts.datasets`, from the metadata of that window (``store``, level-0 ``location``,
+    working-resolution ``size``, ``downscale``)."""
+    downscale = int(meta["downscale"])
+    top, left = (int(v) // downscale for v in meta["location"])
+    height, width = (int(v) for v in meta["size"])
+    return read_window(meta["store"], "label", top, left, height, width)
+
+
 class LoadLabelPatchd(MapTransform):
     """Add the label window that matches an image patch read by :mod:`scripts.datasets`.
 
@@ -60,10 +70,7 @@ class LoadLabelPatchd(MapTransform):
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         d = dict(data)
         meta = d[self.image_key].meta
-        downscale = int(meta["downscale"])
-        top, left = (int(v) // downscale for v in meta["location"])
-        height, width = (int(v) for v in meta["size"])
-        window = read_window(meta["store"], "label", top, left, height, width)
+        window = label_window(meta)
         for key in self.keys:
             d[key] = MetaTensor(torch.from_numpy(window[None].astype(np.float32)), meta=dict(meta))
         return d
