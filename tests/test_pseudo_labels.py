@@ -1,5 +1,5 @@
 """Pseudo-labels (scripts/pseudo_labels.py) and the slide confidence they rest on
-(scripts/wsi_inference.py): confident slides become train.csv-style rows, the others are left out."""
+(scripts/wsi_inference.py, counted band by band): confident slides become train.csv-style rows, the others are left out."""
 
 from __future__ import annotations
 
@@ -7,16 +7,18 @@ import json
 
 import numpy as np
 import pytest
-import zarr
 from scripts.layout import read_csv_rows
 from scripts.pseudo_labels import write_pseudo_labels
-from scripts.wsi_inference import prediction_confidence
+from scripts.wsi_inference import ConfidenceCounts
 
 
-def probabilities(values: np.ndarray) -> zarr.Array:
-    array = zarr.create_array(store=zarr.storage.MemoryStore(), shape=values.shape, chunks=(4, 4), dtype=np.uint8)
-    array[:] = np.round(values * 255).astype(np.uint8)
-    return array
+def confidence(values: np.ndarray, band: int = 512) -> float:
+    """The confidence of a slide whose probabilities arrive in bands of ``band`` rows."""
+    counts = ConfidenceCounts()
+    probabilities = np.round(values * 255).astype(np.uint8)
+    for row in range(0, len(probabilities), band):
+        counts.add(probabilities[row : row + band])
+    return counts.value
 
 
 def test_confidence_is_the_share_of_decided_glomerulus_pixels():
@@ -24,8 +26,8 @@ def test_confidence_is_the_share_of_decided_glomerulus_pixels():
     values[:30] = 0.95  # 300 confident
     values[1100:1110] = 0.5  # 100 undecided
     values[1110:1120] = 0.1  # background, not counted
-    assert prediction_confidence(probabilities(values)) == pytest.approx(300 / 400)
-    assert prediction_confidence(probabilities(np.zeros((8, 8)))) == 1.0  # confidently empty
+    assert confidence(values) == pytest.approx(300 / 400)
+    assert confidence(np.zeros((8, 8))) == 1.0  # confidently empty
 
 
 def test_confident_slides_become_rows_and_the_others_are_left_out(tmp_path, capsys):

@@ -3,7 +3,7 @@
 The HuBMAP competition showed gains from training on the test slides' own confident predictions.
 After ``run pseudo_labels`` (``pseudo_labels.yaml`` over ``inference.yaml``) has segmented the
 slides, every slide whose prediction is confident enough (``confidence`` in its summary, see
-:func:`scripts.wsi_inference.prediction_confidence`) becomes a row ``id,encoding`` of
+:class:`scripts.wsi_inference.ConfidenceCounts`) becomes a row ``id,encoding`` of
 ``<output_dir>/pseudo_labels.csv``; training takes it with ``--pseudo_label_csv`` and trains on
 those slides beside ``train.csv`` (never validating on them).
 """

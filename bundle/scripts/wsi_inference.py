@@ -46,7 +46,7 @@ from .rle import decode_columns, parse_rle
 from .slides import read_thumbnail
 from .stitching import SlideStitchers, slide_windows
 
-__all__ = ["SlidePredictionWriter", "finished_slides", "prediction_confidence", "window_datalist"]
+__all__ = ["ConfidenceCounts", "SlidePredictionWriter", "finished_slides", "window_datalist"]
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +99,32 @@ def finished_slides(output_dir: str, slides: Sequence[PreparedSlide], overwrite:
 
 
 @dataclass
+class ConfidenceCounts:
+    """How decided a slide's prediction is, counted from its probability bands as they are written:
+    the share of confident glomerulus pixels among the pixels not called background outright.
+
+    Args:
+        uncertain: probabilities in ``[low, high)`` are undecided; at or above ``high`` confident.
+    """
+
+    uncertain: tuple[float, float] = UNCERTAIN
+    confident: int = 0
+    undecided: int = 0
+
+    def add(self, band: np.ndarray) -> None:
+        """Count one band of ``uint8`` probabilities (255 = 1.0); each pixel once."""
+        low, high = (round(value * 255) for value in self.uncertain)
+        self.confident += int(np.count_nonzero(band >= high))
+        self.undecided += int(np.count_nonzero((band >= low) & (band < high)))
+
+    @property
+    def value(self) -> float:
+        """``confident / (confident + undecided)``, 1.0 for a slide with neither (confidently empty)."""
+        total = self.confident + self.undecided
+        return self.confident / total if total else 1.0
+
+
+@dataclass
 class _SlideState:
     """What the writer holds for a slide while its windows arrive."""
 
@@ -108,6 +134,7 @@ class _SlideState:
     bar: tqdm
     started: float = field(default_factory=time.monotonic)
     error: str = ""
+    confidence: ConfidenceCounts = field(default_factory=ConfidenceCounts)
 
 
 class SlidePredictionWriter:
@@ -190,7 +217,9 @@ class SlidePredictionWriter:
             state.error = state.error or f"a window at {[int(v) for v in meta['location']]} could not be read ({meta['read_error']})"
         _, bands, complete = self.stitchers.add(meta, probability)
         for row, band in bands:
-            state.probability[row : row + len(band)] = np.rint(band * 255).astype(np.uint8)
+            band = np.rint(band * 255).astype(np.uint8)
+            state.probability[row : row + len(band)] = band
+            state.confidence.add(band)
         if bands and not state.error:
             state.level0.extend(state.probability, bands[-1][0] + len(bands[-1][1]))
         if complete:
@@ -253,7 +282,7 @@ class SlidePredictionWriter:
             "glomerulus_pixels": state.level0.area, "tissue_fraction": round(float(np.mean(tissue > 0)), 4),
             "seconds": round(time.monotonic() - state.started, 1), "rank": rank(),
         }
-        summary["confidence"] = round(prediction_confidence(probability), 4)
+        summary["confidence"] = round(state.confidence.value, 4)
         if counts is not None:
             summary["dice"] = round(counts.dice, 6)
         write_text_atomic(self.output_dir / "summaries" / f"{name}.json", json.dumps(summary, indent=1))
@@ -306,26 +335,6 @@ class SlidePredictionWriter:
             rows = [(slide_id, f"{value:.4f}") for slide_id, value in dice.items()] + [("mean", f"{mean:.4f}")]
             path = write_csv(self.output_dir / "metrics.csv", ("id", "dice"), rows)
             print(f"Dice (Kaggle, level 0): mean {mean:.4f} over {len(dice)} slide(s); per slide in {path}")
-
-
-def prediction_confidence(probability: zarr.Array, uncertain: tuple[float, float] = UNCERTAIN) -> float:
-    """How decided a slide's prediction is: the share of confident glomerulus pixels among the
-    pixels the network did not call background outright.
-
-    Args:
-        probability: the slide's ``uint8`` probabilities (255 = 1.0) at the working resolution.
-        uncertain: probabilities in ``[low, high)`` are undecided; at or above ``high`` confident.
-
-    Returns:
-        ``confident / (confident + undecided)``, 1.0 for a slide with neither (confidently empty).
-    """
-    low, high = (round(value * 255) for value in uncertain)
-    confident = undecided = 0
-    for row in range(0, probability.shape[0], BAND):
-        band = probability[row : row + BAND]
-        confident += int(np.count_nonzero(band >= high))
-        undecided += int(np.count_nonzero((band >= low) & (band < high)))
-    return confident / (confident + undecided) if confident + undecided else 1.0
 
 
 def rle_dice(predicted: str, truth: str, shape: tuple[int, int], band: int = 1024) -> float:
