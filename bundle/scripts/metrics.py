@@ -14,6 +14,7 @@ import torch
 from ignite.metrics import Metric
 
 from .prepare import read_window
+from .pyramid import pool_mask
 from .stitching import SlideStitchers
 
 __all__ = ["DiceCounts", "SlideDice", "SlideMaps", "dice_score", "map_downsample", "mean_dice", "pool_any_into"]
@@ -87,17 +88,12 @@ def map_downsample(shape: Sequence[int], map_size: int) -> int:
 def pool_any_into(small: np.ndarray, band: np.ndarray, row: int, downsample: int) -> None:
     """OR an ``any``-pool of ``band`` (rows ``[row, row + len(band))`` of a mask, from column 0)
     into ``small``, the mask pooled by ``downsample``; the band need not start on a block edge."""
-    band = np.asarray(band) != 0
-    if downsample == 1:
-        small[row : row + len(band), : band.shape[1]] |= band
-        return
-    top = row % downsample
-    rows = top + len(band)
-    padded = np.zeros((-(-rows // downsample) * downsample, small.shape[1] * downsample), bool)
-    padded[top:rows, : band.shape[1]] = band
-    pooled = padded.reshape(len(padded) // downsample, downsample, small.shape[1], downsample).any(axis=(1, 3))
+    top = row % downsample  # rows of the first block above the band
+    shifted = np.zeros((top + len(band), band.shape[1]), bool)
+    shifted[top:] = np.asarray(band) != 0
+    pooled = pool_mask(shifted, downsample, "max")
     first = row // downsample
-    small[first : first + len(pooled)] |= pooled[: len(small) - first]
+    small[first : first + len(pooled), : pooled.shape[1]] |= pooled[: len(small) - first]
 
 
 class SlideDice(Metric):
