@@ -14,7 +14,7 @@ import pytest
 import tifffile
 import torch
 from conftest import BUNDLE, REPO, disc_slide, patch_dimensions
-from monai.networks.nets import UNet
+from monai.bundle import ConfigParser
 from scripts.files import write_csv
 from scripts.layout import read_csv_rows
 
@@ -61,7 +61,8 @@ def hostile_run(tmp_path_factory):
     ids = ["good", *AWKWARD, *broken, *unsafe]
     write_csv(root / "data" / "sample_submission.csv", ("id", "predicted"), [(i, "") for i in ids])
     torch.manual_seed(0)
-    network = UNet(2, 3, 1, (16, 32, 64, 128, 256), (2, 2, 2, 2), num_res_units=2, norm="batch")
+    network = ConfigParser.load_config_file(str(BUNDLE / "configs" / "inference.yaml"))["network_def"]
+    network = ConfigParser({"network_def": network}).get_parsed_content("network_def")  # the shipped network
     torch.save(network.state_dict(), root / "model.pt")
     command = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file",
                str(BUNDLE / "configs" / "inference.yaml"), "--dataset_dir", str(root / "data"),
