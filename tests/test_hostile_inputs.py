@@ -61,8 +61,8 @@ def hostile_run(tmp_path_factory):
     ids = ["good", *AWKWARD, *broken, *unsafe]
     write_csv(root / "data" / "sample_submission.csv", ("id", "predicted"), [(i, "") for i in ids])
     torch.manual_seed(0)
-    network = ConfigParser.load_config_file(str(BUNDLE / "configs" / "inference.yaml"))["network_def"]
-    network = ConfigParser({"network_def": network}).get_parsed_content("network_def")  # the shipped network
+    network_def = ConfigParser.load_config_file(str(BUNDLE / "configs" / "inference.yaml"))["network_def"]
+    network = ConfigParser({"network_def": network_def}).get_parsed_content("network_def")  # the shipped network
     torch.save(network.state_dict(), root / "model.pt")
     command = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file",
                str(BUNDLE / "configs" / "inference.yaml"), "--dataset_dir", str(root / "data"),
