@@ -19,6 +19,7 @@ copies' width of empty glass: the default is about half tissue). The checkpoint 
 trained model (train first: the README's first command), so predictions look like real ones.
 
     python bench/inference_speed.py                    # CPU
+    python bench/inference_speed.py --tta true         # ours and the network alone with flip TTA (inference's default)
     python bench/inference_speed.py --device cuda --batch 32
 """
 
@@ -42,7 +43,8 @@ CONFIG = BUNDLE / "configs" / "inference.yaml"
 def overrides(args: argparse.Namespace, work: Path) -> dict:
     return {"dataset_dir": str(work / "data"), "output_dir": str(work / "ours"), "cache_dir": str(work / "cache"),
             "ckpt_path": args.ckpt, "infer_roi": args.roi, "overlap": args.overlap, "batch_size": args.batch,
-            "device": f"$torch.device('{args.device}')", "overwrite": True, "num_workers": args.workers}
+            "device": f"$torch.device('{args.device}')", "overwrite": True, "num_workers": args.workers,
+            "tta": args.tta == "true"}
 
 
 def parser_for(args: argparse.Namespace, work: Path):
@@ -109,7 +111,7 @@ def child(args: argparse.Namespace, variant: str, work: Path, windows: int = 0) 
     """Run one variant in a fresh process; its result plus its peak memory."""
     command = [sys.executable, __file__, "--variant", variant, "--work", str(work), "--windows", str(windows),
                "--ckpt", args.ckpt, "--roi", str(args.roi), "--overlap", str(args.overlap), "--batch",
-               str(args.batch), "--device", args.device, "--workers", str(args.workers)]
+               str(args.batch), "--device", args.device, "--workers", str(args.workers), "--tta", args.tta]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
@@ -126,6 +128,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of ours")
+    parser.add_argument("--tta", default="false", choices=["true", "false"],
+                        help="flip TTA in ours and the network-alone run (the stock approach has none)")
     parser.add_argument("--slide-compression", default="jpeg", choices=["jpeg", "zlib"])
     parser.add_argument("--variant", choices=["ours", "network", "stock", "stock_mixed"], help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
@@ -154,7 +158,8 @@ def main() -> None:
         tissue = json.loads((work / "ours" / "summaries" / "bench.json").read_text())["tissue_fraction"]
     megapixels = height * width / 1e6
     print(f"slide {width} x {height} ({megapixels:.0f} MP at level 0, tissue {tissue:.0%}), roi {args.roi}, "
-          f"overlap {args.overlap}, batch {args.batch}, device {args.device}, torch threads {torch.get_num_threads()}")
+          f"overlap {args.overlap}, batch {args.batch}, tta {args.tta}, device {args.device}, "
+          f"torch threads {torch.get_num_threads()}")
     print(f"ours:    {ours['seconds']:.1f} s for {ours['windows']} tissue windows, peak {ours['peak_mib']:.0f} MiB, "
           f"{megapixels / ours['seconds']:.1f} MP/s")
     print(f"network: {network['seconds']:.1f} s for the same windows")

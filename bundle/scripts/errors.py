@@ -1,12 +1,15 @@
 """The one kind of error a user sees as a single line: bad input, named by file or row.
 
-Workflow entry points catch :class:`InputError` and print its message instead of a traceback;
-anything else is a bug and keeps its traceback.
+Workflow entry points (wrapped in :func:`user_errors`) catch :class:`InputError` and print its
+message instead of a traceback; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
-__all__ = ["DatasetError", "InputError", "SlideError"]
+import functools
+from collections.abc import Callable
+
+__all__ = ["DatasetError", "InputError", "SlideError", "user_errors"]
 
 
 class InputError(Exception):
@@ -19,3 +22,16 @@ class DatasetError(InputError):
 
 class SlideError(InputError):
     """A slide file that cannot be read or converted."""
+
+
+def user_errors(function: Callable) -> Callable:
+    """Exit with the one-line message of an :class:`InputError` instead of a traceback."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except InputError as error:
+            raise SystemExit(f"error: {error}") from None
+
+    return wrapper

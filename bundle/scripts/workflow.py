@@ -6,9 +6,7 @@ a slide that cannot be used is reported and left out rather than stopping the ot
 
 from __future__ import annotations
 
-import functools
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import zarr
 
 from .demo import ensure_demo
 from .distributed import barrier, is_main_process, rank_share
-from .errors import DatasetError, InputError
+from .errors import DatasetError, InputError, user_errors
 from .layout import CsvRow, HubmapFolder, is_safe_id, report_problems
 from .prepare import PreparedSlide, prepare_slide
 from .regions import REGION_CODES
@@ -25,21 +23,7 @@ from .regions import REGION_CODES
 __all__ = [
     "SlideSet", "check_checkpoint", "evaluation_slides", "inference_slides", "pseudo_labelled_slides",
     "report_prepared", "report_training", "training_slides",
-    "user_errors",
 ]
-
-
-def user_errors(function: Callable) -> Callable:
-    """Exit with the one-line message of an :class:`InputError` instead of a traceback."""
-
-    @functools.wraps(function)
-    def wrapper(*args, **kwargs):
-        try:
-            return function(*args, **kwargs)
-        except InputError as error:
-            raise SystemExit(f"error: {error}") from None
-
-    return wrapper
 
 
 @dataclass
