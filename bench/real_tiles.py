@@ -5,6 +5,7 @@ tile-grouped 4-fold cross-validation over the 16 AIDPATH PAS tiles (1024 x 1024,
     python bench/real_tiles.py --folds 0                # one fold only (~20 min)
     python bench/real_tiles.py --folds 0 --minutes 1    # smoke run (a few minutes)
     python bench/real_tiles.py --override downscale=1   # a variant: passed to training and evaluation
+    python bench/real_tiles.py --train-override loss#batch=True  # a training-only setting
 
 What it measures: for each fold, 12 tiles are the training set and 4 are held out. The bundle is
 trained exactly as a user would (``python -m monai.bundle run training --config_file
@@ -133,8 +134,11 @@ def last_line(log: Path) -> str:
     return lines[-1] if lines else "(empty log)"
 
 
-def run_fold(root: Path, minutes: float, overrides: list[str]) -> dict:
-    """Train and evaluate on one fold folder; the fold's record for results.json."""
+def run_fold(root: Path, minutes: float, overrides: list[str], train_overrides: list[str]) -> dict:
+    """Train and evaluate on one fold folder; the fold's record for results.json.
+
+    ``overrides`` go to both commands, ``train_overrides`` (keys that only train.yaml has) to training.
+    """
     record: dict = {"train_minutes": None, "eval_minutes": None, "dice": {}, "error": None}
     paths = {"dataset_dir": str(root), "cache_dir": str(root / "cache")}
     train = bundle_command("training", "bundle/configs/train.yaml", {
@@ -171,6 +175,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the fold shuffle")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                         help="bundle setting for training and evaluation, e.g. downscale=1 (repeatable)")
+    parser.add_argument("--train-override", action="append", default=[], metavar="KEY=VALUE",
+                        help="bundle setting for training only, e.g. loss#batch=True (repeatable)")
     args = parser.parse_args()
 
     data = Path(args.data)
@@ -178,8 +184,8 @@ def main() -> None:
         sys.exit(f"real tiles not found: {data} (images/ and masks/) is absent; nothing to measure")
     if bad := [fold for fold in args.folds if not 0 <= fold < NUM_FOLDS]:
         sys.exit(f"--folds must be among 0..{NUM_FOLDS - 1}, got {bad}")
-    if bad := [o for o in args.override if "=" not in o or not o.partition("=")[0]]:
-        sys.exit(f"--override takes KEY=VALUE, got {bad}")
+    if bad := [o for o in args.override + args.train_override if "=" not in o or not o.partition("=")[0]]:
+        sys.exit(f"--override and --train-override take KEY=VALUE, got {bad}")
     tiles = read_tiles(data)
     if len(tiles) < NUM_FOLDS:
         sys.exit(f"{data}: {len(tiles)} tile(s) with masks; at least {NUM_FOLDS} are needed")
@@ -189,16 +195,18 @@ def main() -> None:
     print(f"{len(tiles)} tiles from {data}; held-out tiles per fold: "
           + "; ".join(f"{k}: {' '.join(f)}" for k, f in enumerate(folds)))
     print(f"training budget {args.minutes:g} min per fold; overrides: {' '.join(args.override) or 'none'}; "
+          f"training-only overrides: {' '.join(args.train_override) or 'none'}; "
           f"work folder {work}", flush=True)
 
-    results: dict = {"data": str(data), "minutes": args.minutes, "overrides": args.override, "seed": args.seed,
+    results: dict = {"data": str(data), "minutes": args.minutes, "overrides": args.override,
+                     "train_overrides": args.train_override, "seed": args.seed,
                      "glomeruli": counts, "folds": {}}
     for fold in args.folds:
         root = work / f"fold{fold}"
         shutil.rmtree(root, ignore_errors=True)  # a fresh start: no resumed checkpoint, no reused result
         write_fold(root, tiles, folds[fold])
         print(f"fold {fold}: training on {len(tiles) - len(folds[fold])} tiles, {args.minutes:g} min ...", flush=True)
-        record = run_fold(root, args.minutes, args.override)
+        record = run_fold(root, args.minutes, args.override, args.train_override)
         record["held_out"] = folds[fold]
         results["folds"][fold] = record
         summary = (f"mean Dice {np.mean(list(record['dice'].values())):.4f}" if record["dice"]
