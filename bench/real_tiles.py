@@ -134,16 +134,26 @@ def last_line(log: Path) -> str:
     return lines[-1] if lines else "(empty log)"
 
 
-def run_fold(root: Path, minutes: float, overrides: list[str], train_overrides: list[str]) -> dict:
-    """Train and evaluate on one fold folder; the fold's record for results.json.
+def fold_commands(root: Path, minutes: float, overrides: list[str],
+                  train_overrides: list[str]) -> tuple[list[str], list[str]]:
+    """The training and evaluation commands of one fold folder.
 
     ``overrides`` go to both commands, ``train_overrides`` (keys that only train.yaml has) to training.
     """
-    record: dict = {"train_minutes": None, "eval_minutes": None, "dice": {}, "error": None}
     paths = {"dataset_dir": str(root), "cache_dir": str(root / "cache")}
     train = bundle_command("training", "bundle/configs/train.yaml", {
         **paths, "output_dir": str(root / "logs"), "ckpt_dir": str(root / "models"), "max_train_minutes": str(minutes),
+    }, overrides + train_overrides)
+    evaluate = bundle_command("evaluating", "['bundle/configs/inference.yaml','bundle/configs/evaluate.yaml']", {
+        **paths, "ckpt_path": str(root / "models" / "model.pt"), "output_dir": str(root / "eval"),
     }, overrides)
+    return train, evaluate
+
+
+def run_fold(root: Path, minutes: float, overrides: list[str], train_overrides: list[str]) -> dict:
+    """Train and evaluate on one fold folder (see :func:`fold_commands`); the fold's record for results.json."""
+    record: dict = {"train_minutes": None, "eval_minutes": None, "dice": {}, "error": None}
+    train, evaluate = fold_commands(root, minutes, overrides, train_overrides)
     code, seconds = run_logged(train, root / "train.log")
     record["train_minutes"] = round(seconds / 60, 2)
     best = root / "models" / "best.json"
@@ -152,9 +162,6 @@ def run_fold(root: Path, minutes: float, overrides: list[str], train_overrides: 
     if code or not (root / "models" / "model.pt").is_file():
         record["error"] = f"training failed (exit {code}): {last_line(root / 'train.log')} [{root / 'train.log'}]"
         return record
-    evaluate = bundle_command("evaluating", "['bundle/configs/inference.yaml','bundle/configs/evaluate.yaml']", {
-        **paths, "ckpt_path": str(root / "models" / "model.pt"), "output_dir": str(root / "eval"),
-    }, overrides)
     code, seconds = run_logged(evaluate, root / "eval.log")
     record["eval_minutes"] = round(seconds / 60, 2)
     metrics = root / "eval" / "metrics.csv"

@@ -129,6 +129,21 @@ def test_ddp_training_under_torchrun_on_two_cpu_processes(trained, tmp_path):
     assert result.stdout.count("best validation Dice") == 1  # reported by rank 0 only
 
 
+def test_train_on_all_validates_nothing_and_keeps_the_last_weights(trained, tmp_path):
+    _, flags, validated = trained
+    flags = [*flags[:-2], "--ckpt_dir", str(tmp_path / "models")]  # a fresh checkpoint folder
+    result = bundle_run("training", [str(CONFIGS / "train.yaml")], *flags, *FAST, "--output_dir", str(tmp_path / "logs"),
+                        "--max_epochs", "2", "--val_interval", "1", "--random_patches_per_slide", "2",
+                        "--train_on_all", "true")
+    model = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    last = torch.load(tmp_path / "models" / "last.pt", weights_only=True)["model"]
+    assert model.keys() == last.keys() and all(torch.equal(model[k], last[k]) for k in model)
+    assert json.loads((tmp_path / "models" / "best.json").read_text()) == {"metric": None, "epoch": 2}
+    assert "no validation slides (train_on_all): the last epoch's weights (epoch 2)" in result.stdout
+    assert "val_dice" in validated.stdout + validated.stderr  # the fixture's run validated; this one did not:
+    assert "val_dice" not in result.stdout + result.stderr
+
+
 def test_training_killed_by_sigkill_goes_on_from_its_last_epoch(trained, tmp_path):
     root, flags, _ = trained
     flags = [*flags[:-2], "--ckpt_dir", str(tmp_path / "models")]  # a fresh checkpoint folder

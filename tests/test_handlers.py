@@ -8,7 +8,12 @@ import time
 
 import torch
 from ignite.engine import Engine, Events
-from scripts.handlers import BestModelSaver, TrainingCheckpoint, TrainingTimeLimit
+from scripts.handlers import (
+    BestModelSaver,
+    LastModelSaver,
+    TrainingCheckpoint,
+    TrainingTimeLimit,
+)
 
 
 class Validator(Engine):
@@ -73,6 +78,24 @@ def test_best_model_is_saved_only_when_the_metric_improves_and_survives_a_new_ru
     again = BestModelSaver(str(tmp_path), network, "dice")  # a resumed run knows the best so far
     assert again.best()["metric"] == 0.7
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary files left
+
+
+def test_last_model_is_saved_when_training_ends_even_on_the_time_budget(tmp_path):
+    network = torch.nn.Linear(2, 1)
+
+    def step(engine, batch):
+        with torch.no_grad():
+            network.weight.add_(1.0)
+        time.sleep(0.05)
+
+    trainer = Engine(step)
+    LastModelSaver(str(tmp_path), network).attach(trainer)
+    TrainingTimeLimit(max_minutes=0.3 / 60).attach(trainer)
+    trainer.run(range(100), max_epochs=50)
+    assert trainer.state.iteration < 100  # stopped by the budget, and saved all the same:
+    assert torch.equal(torch.load(tmp_path / "model.pt", weights_only=True)["weight"], network.weight)
+    assert json.loads((tmp_path / "best.json").read_text()) == {"metric": None, "epoch": 1}
+    assert BestModelSaver(str(tmp_path), network, "dice").best() is None  # a later validated run saves its first best
 
 
 def test_training_checkpoint_resumes_model_optimizer_scheduler_and_epoch(tmp_path):

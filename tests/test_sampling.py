@@ -33,6 +33,12 @@ def test_split_is_by_slide_deterministic_and_covers_every_slide_once(count):
     assert split_slides(dict(reversed(slides.items())), 4, 1, seed=0) == folds[1]  # order-independent
 
 
+def test_without_hold_out_every_slide_trains():
+    slides = {f"s{i}": i for i in range(5)}
+    train, val = split_slides(slides, 4, 0, seed=0, hold_out=False)
+    assert sorted(train) == list(range(5)) and val == []
+
+
 def test_fold_out_of_range_is_rejected():
     with pytest.raises(ValueError, match="fold"):
         split_slides({"a": 1, "b": 2}, 4, 4)

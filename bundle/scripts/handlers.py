@@ -1,5 +1,6 @@
 """Ignite handlers MONAI lacks: a wall-clock budget for training that still ends with the best
-model saved, the best model written atomically, and resuming a killed run.
+model saved, the best model (or, without validation slides, the last one) written atomically, and
+resuming a killed run.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from ignite.engine import Engine, Events
 from .distributed import any_rank, is_main_process
 from .files import atomic_path, write_text_atomic
 
-__all__ = ["BestModelSaver", "TrainingCheckpoint", "TrainingTimeLimit"]
+__all__ = ["BestModelSaver", "LastModelSaver", "TrainingCheckpoint", "TrainingTimeLimit"]
 
 logger = logging.getLogger(__name__)
 
@@ -94,20 +95,48 @@ class BestModelSaver:
         validator.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def best(self) -> dict | None:
-        """``{"metric", "epoch"}`` of the best model saved so far, if any."""
+        """``{"metric", "epoch"}`` of the best validated model saved so far, if any."""
         path = self.save_dir / "best.json"
-        return json.loads(path.read_text()) if path.is_file() else None
+        best = json.loads(path.read_text()) if path.is_file() else None
+        return best if best and best["metric"] is not None else None  # None: a last-epoch model (LastModelSaver)
 
     def __call__(self, validator: Engine) -> None:
         value = float(validator.state.metrics[self.metric])
         best = self.best()
         if best is not None and value <= best["metric"]:
             return
-        with atomic_path(self.save_dir / "model.pt") as tmp:
-            torch.save(_unwrapped(self.network).state_dict(), tmp)
-        write_text_atomic(self.save_dir / "best.json", json.dumps({"metric": value, "epoch": validator.state.epoch}))
+        _save_model(self.save_dir, self.network, value, validator.state.epoch)
         logger.info("new best %s %.4f at epoch %d: saved %s", self.metric, value, validator.state.epoch,
                     self.save_dir / "model.pt")
+
+
+class LastModelSaver:
+    """Save the network as it is when training ends, for runs without validation slides
+    (``train_on_all``): ``model.pt`` and ``best.json`` with ``metric`` null, as
+    :class:`BestModelSaver` writes them. Only rank 0 writes.
+
+    Args:
+        save_dir: the checkpoint folder.
+        network: the network whose ``state_dict`` is saved.
+    """
+
+    def __init__(self, save_dir: str, network: torch.nn.Module) -> None:
+        self.save_dir = Path(save_dir)
+        self.network = network
+
+    def attach(self, trainer: Engine) -> None:
+        trainer.add_event_handler(Events.COMPLETED, self)  # also fired when the time budget terminates the run
+
+    def __call__(self, trainer: Engine) -> None:
+        if is_main_process():
+            _save_model(self.save_dir, self.network, None, trainer.state.epoch)
+
+
+def _save_model(save_dir: Path, network: torch.nn.Module, metric: float | None, epoch: int) -> None:
+    """Write ``model.pt`` (the weights) and ``best.json`` (``{"metric", "epoch"}``), each atomically."""
+    with atomic_path(save_dir / "model.pt") as tmp:
+        torch.save(_unwrapped(network).state_dict(), tmp)
+    write_text_atomic(save_dir / "best.json", json.dumps({"metric": metric, "epoch": epoch}))
 
 
 class TrainingCheckpoint:

@@ -102,7 +102,7 @@ def grid_units(slides: Sequence[PreparedSlide], patch_size: int, min_tissue: flo
 
 
 def split_slides(slides: Mapping[str, PreparedSlide], num_folds: int, fold: int,
-                 seed: int = 0) -> tuple[list[PreparedSlide], list[PreparedSlide]]:
+                 seed: int = 0, hold_out: bool = True) -> tuple[list[PreparedSlide], list[PreparedSlide]]:
     """Split slides into training and validation sets, whole slides only, stratified by glomerulus count.
 
     Slides are ordered by their number of glomeruli and dealt into ``num_folds`` folds a block of
@@ -115,13 +115,15 @@ def split_slides(slides: Mapping[str, PreparedSlide], num_folds: int, fold: int,
         num_folds: number of folds (at least 2).
         fold: the validation fold, ``0 <= fold < num_folds``.
         seed: shuffling seed.
+        hold_out: False: every slide trains and none validates (``train_on_all``).
 
     Returns:
-        ``(train, val)`` lists of the mapping's values; both non-empty when there are two slides or more.
+        ``(train, val)`` lists of the mapping's values; both non-empty when there are two slides or
+        more and ``hold_out``.
     """
     if not 0 <= fold < num_folds:
         raise ValueError(f"fold must be in [0, {num_folds}), got {fold}")
-    if len(slides) < 2:
+    if len(slides) < 2 or not hold_out:
         return list(slides.values()), []
     ordered = sorted(slides, key=lambda key: (getattr(slides[key], "glomeruli", 0), key))
     rng = np.random.default_rng(seed)

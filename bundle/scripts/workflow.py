@@ -209,7 +209,7 @@ def report_prepared(slides: SlideSet) -> None:
 
 
 def report_training(ckpt_dir: str) -> None:
-    """Print the best validation Dice and where the model was saved.
+    """Print the best validation Dice (or, without validation, the last epoch) and where the model was saved.
 
     Args:
         ckpt_dir: the checkpoint folder (``best.json`` says what ``model.pt`` scored).
@@ -221,4 +221,7 @@ def report_training(ckpt_dir: str) -> None:
         print(f"training ended before any validation; no model saved in {ckpt_dir}")
         return
     fields = json.loads(best.read_text())
+    if fields["metric"] is None:
+        print(f"no validation slides (train_on_all): the last epoch's weights (epoch {fields['epoch']}) saved to {model}")
+        return
     print(f"best validation Dice {fields['metric']:.4f} (epoch {fields['epoch']}); model saved to {model}")
