@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import threading
 
 import imagecodecs
 import numpy as np
@@ -24,7 +25,7 @@ from scripts.level0 import upsample_threshold
 from scripts.prepare import prepare_slide
 from scripts.rle import rle_decode, rle_encode
 from scripts.slides import read_thumbnail
-from scripts.stitching import blend_weights
+from scripts.stitching import SlideStitchers, blend_weights
 from scripts.wsi_inference import (
     SlidePredictionWriter,
     finished_slides,
@@ -165,6 +166,32 @@ def test_a_window_that_cannot_be_read_fails_its_slide_only(slides, tmp_path, mon
     assert (tmp_path / "out" / "summaries" / "empty.json").is_file()
     assert not (tmp_path / "out" / "summaries" / "s1.json").exists()
     assert (tmp_path / "out" / "submission.csv").read_text() == "id,predicted\ns1,\nempty,\n"
+
+
+def test_a_slide_is_written_while_the_next_slides_windows_are_stitched(slides, tmp_path, monkeypatch):
+    """A slide's outputs (RLE pass, polygons, preview) must not hold up the next slide's windows:
+    s1's writing waits for s2's first stitched window, which only comes if they overlap."""
+    prepared, _, image = slides
+    second = prepare_slide("s2", write_slide(tmp_path / "s2.tiff", image), tmp_path / "cache", 2)
+    next_slide_started, write_slide_calls = threading.Event(), []
+    add_window, write_outputs = SlideStitchers.add, SlidePredictionWriter._write_slide
+
+    def add_and_signal(self, meta, probability):
+        if meta["slide_id"] == "s2":
+            next_slide_started.set()
+        return add_window(self, meta, probability)
+
+    def write_when_the_next_slide_started(self, state):
+        if state.slide.slide_id == "s1":
+            write_slide_calls.append(next_slide_started.wait(timeout=20))
+        return write_outputs(self, state)
+
+    monkeypatch.setattr(SlideStitchers, "add", add_and_signal)
+    monkeypatch.setattr(SlidePredictionWriter, "_write_slide", write_when_the_next_slide_started)
+    _, writer = run_inference([prepared[0], second], tmp_path / "out")
+    assert write_slide_calls == [True] and not writer.failed
+    masks = [tifffile.imread(tmp_path / "out" / "masks" / f"{name}.tiff", level=0) for name in ("s1", "s2")]
+    np.testing.assert_array_equal(masks[0], masks[1])  # the same image gives the same prediction
 
 
 def test_band_upsampling_equals_whole_image_upsampling():

@@ -6,8 +6,9 @@ MONAI's DataLoader reads them through cuCIM in worker processes while the networ
 previous batch. :class:`SlidePredictionWriter`, in a thread of its own, blends each window into
 its slide band by band (:mod:`scripts.stitching`), keeps the probabilities in a chunked zarr array
 at the working resolution and, as rows become final, extends the slide's level-0 mask and its
-pyramidal TIFF (:mod:`scripts.level0`); after the slide's last window it encodes the RLE, scores
-it, traces the glomeruli and draws the preview. Nothing ever holds a whole slide at level 0.
+pyramidal TIFF (:mod:`scripts.level0`). After the slide's last window another thread encodes the
+RLE, scores it, traces the glomeruli and draws the preview while the next slide's windows are
+stitched. Nothing ever holds a whole slide at level 0.
 
 Per slide, under ``output_dir``: ``rle/<id>.txt``, ``masks/<id>.tiff``, ``glomeruli/<id>.geojson``,
 ``previews/<id>.png``, optionally ``heatmaps/<id>.tiff``, and ``summaries/<id>.json`` last, which
@@ -24,6 +25,7 @@ import shutil
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -142,7 +144,8 @@ class SlidePredictionWriter:
 
     Attach it to the inference evaluator; ``postprocessing`` must leave ``pred`` as a sigmoid
     probability. Stitching and writing run in a worker thread fed through a bounded queue, so
-    they overlap with the network (on a GPU, or on the CPU cores the network leaves free).
+    they overlap with the network (on a GPU, or on the CPU cores the network leaves free); a
+    finished slide's outputs are written by another thread, so the next slide's windows go on.
 
     Args:
         output_dir: where results go.
@@ -180,6 +183,8 @@ class SlidePredictionWriter:
         self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_WINDOWS)
         self._worker: threading.Thread | None = None
         self._worker_error: BaseException | None = None
+        # one slide at a time: its outputs, while the worker stitches the next slide's windows
+        self._finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slide-finish")
 
     def attach(self, engine: Engine) -> None:
         """Collect windows after every iteration; finish the run when the evaluator completes."""
@@ -223,7 +228,7 @@ class SlidePredictionWriter:
         if bands and not state.error:
             state.level0.extend(state.probability, bands[-1][0] + len(bands[-1][1]))
         if complete:
-            self._finish_slide(state)
+            self._finisher.submit(self._finish_slide, state)
 
     def _state(self, slide_id: str) -> _SlideState:
         if slide_id not in self._states:
@@ -294,6 +299,7 @@ class SlidePredictionWriter:
             self.start()
         self._queue.put(None)
         self._worker.join()
+        self._finisher.shutdown(wait=True)
         if self._worker_error is not None:
             raise self._worker_error
         for slide_id in self.slides:
