@@ -83,6 +83,20 @@ def test_workflow_properties_are_all_present(tiny, configs, kind, run_id):
     assert workflow.bundle_root == str(BUNDLE)
 
 
+@pytest.mark.parametrize("momentum", [None, 0.01])
+def test_the_validated_and_saved_model_is_the_weight_average_when_one_is_asked_for(tiny, momentum):
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.yaml"))
+    parser.update({**tiny, "ema_momentum": momentum})
+    network, averaged = parser.get_parsed_content("network"), parser.get_parsed_content("averaged")
+    evaluator = parser.get_parsed_content("validate#evaluator")
+    assert evaluator.network is averaged.model and (averaged.model is network) == (momentum is None)
+    handlers = parser.get_parsed_content("train#handlers")
+    assert averaged in handlers
+    saved = [h for h in parser.get_parsed_content("validate#handlers") if hasattr(h, "save_dir")]
+    assert [h.network for h in saved] == [averaged.model]
+
+
 def test_grid_recipe_lists_tissue_tiles_of_the_training_slides_only(tiny):
     parser = ConfigParser()
     parser.read_config([str(CONFIGS / "train.yaml"), str(CONFIGS / "grid_sampling.yaml")])

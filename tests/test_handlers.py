@@ -1,5 +1,5 @@
 """Training handlers (scripts/handlers.py) on real ignite engines: the time budget, the best
-model saved atomically, and resuming a run that was cut short."""
+model saved atomically, resuming a run that was cut short, and the moving average of the weights."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from scripts.handlers import (
     LastModelSaver,
     TrainingCheckpoint,
     TrainingTimeLimit,
+    WeightAverage,
 )
 
 
@@ -131,3 +132,17 @@ def test_training_checkpoint_resumes_model_optimizer_scheduler_and_epoch(tmp_pat
     assert epochs == [3, 4, 5]
     assert torch.allclose(network.weight, reference.weight)  # same as never interrupted
     assert optimizer.param_groups[0]["lr"] == reference_optimizer.param_groups[0]["lr"]
+
+
+def test_weight_average_follows_the_training_steps_and_leaves_the_network_alone():
+    network = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(network.weight)
+    averaged = WeightAverage(network, momentum=0.5)
+    trainer = Engine(lambda engine, batch: network.weight.data.fill_(batch))  # step k sets the weight to k
+    averaged.attach(trainer)
+    trainer.run([4.0, 8.0], max_epochs=1)
+    assert averaged.model is not network and network.weight.item() == 8.0
+    assert averaged.model.weight.item() == 0.5 * (0.5 * 0 + 0.5 * 4.0) + 0.5 * 8.0  # 5.0
+    plain = WeightAverage(network, momentum=None)
+    plain.attach(trainer)
+    assert plain.model is network

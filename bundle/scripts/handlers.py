@@ -1,6 +1,6 @@
 """Ignite handlers MONAI lacks: a wall-clock budget for training that still ends with the best
-model saved, the best model (or, without validation slides, the last one) written atomically, and
-resuming a killed run.
+model saved, the best model (or, without validation slides, the last one) written atomically,
+resuming a killed run, and the moving average of the weights that is validated and saved.
 """
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ from pathlib import Path
 
 import torch
 from ignite.engine import Engine, Events
+from ignite.handlers import EMAHandler
 
 from .distributed import any_rank, is_main_process
 from .files import atomic_path, write_text_atomic
 
-__all__ = ["BestModelSaver", "LastModelSaver", "TrainingCheckpoint", "TrainingTimeLimit"]
+__all__ = ["BestModelSaver", "LastModelSaver", "TrainingCheckpoint", "TrainingTimeLimit", "WeightAverage"]
 
 logger = logging.getLogger(__name__)
 
@@ -177,6 +178,33 @@ class TrainingCheckpoint:
         trainer.state.iteration = state["trainer"]["iteration"]
         logger.info("resumed from %s: epoch %d done, going on to epoch %d", self.path, trainer.state.epoch,
                     trainer.state.max_epochs)
+
+
+class WeightAverage:
+    """The model that is validated and saved: an exponential moving average of the network's
+    weights over the training steps (ignite's ``EMAHandler``), or the network itself.
+
+    Small batches make the weights of any one step noisy; their average over the last hundred or
+    so steps is a smoother model to validate, keep and ship. The average runs on rank 0 only
+    under ``torchrun`` (the ranks' weights are the same).
+
+    Args:
+        network: the network being trained (DistributedDataParallel is unwrapped).
+        momentum: weight of each new step in the average, e.g. 0.01 (about the last 100 steps);
+            None or 0: no average, ``model`` is the network.
+
+    Attributes:
+        model: the module to validate and save.
+    """
+
+    def __init__(self, network: torch.nn.Module, momentum: float | None = None) -> None:
+        self._average = EMAHandler(network, momentum=float(momentum)) if momentum else None
+        self.model = self._average.ema_model if self._average is not None else _unwrapped(network)
+
+    def attach(self, trainer: Engine) -> None:
+        """Update the average after every training step (nothing to do without one)."""
+        if self._average is not None:
+            self._average.attach(trainer, warn_if_exists=False)  # a resumed trainer has the momentum already
 
 
 def _unwrapped(item):
