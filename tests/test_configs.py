@@ -95,6 +95,8 @@ def test_the_validated_and_saved_model_is_the_weight_average_when_one_is_asked_f
     assert averaged in handlers
     saved = [h for h in parser.get_parsed_content("validate#handlers") if hasattr(h, "save_dir")]
     assert [h.network for h in saved] == [averaged.model]
+    checkpoint = next(h for h in handlers if hasattr(h, "objects"))
+    assert ("averaged_model" in checkpoint.objects) == (momentum is not None)  # a 0.3.2 last.pt still resumes
 
 
 def test_grid_recipe_lists_tissue_tiles_of_the_training_slides_only(tiny):

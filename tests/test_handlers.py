@@ -113,7 +113,7 @@ def test_training_checkpoint_resumes_model_optimizer_scheduler_and_epoch(tmp_pat
 
         trainer = Engine(step)
         trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: scheduler.step())
-        objects = {"model": network, "optimizer": optimizer, "lr_scheduler": scheduler}
+        objects = {"model": network, "optimizer": optimizer, "lr_scheduler": scheduler, "switched_off": None}
         TrainingCheckpoint(str(tmp_path / "last.pt"), objects).attach(trainer)
         return trainer, network, optimizer
 

@@ -147,13 +147,14 @@ class TrainingCheckpoint:
 
     Args:
         path: the checkpoint file (``last.pt``).
-        objects: ``{name: object with state_dict()}``, e.g. network, optimizer, lr_scheduler.
+        objects: ``{name: object with state_dict()}``, e.g. network, optimizer, lr_scheduler; a None
+            (an option switched off) is left out, so checkpoints without it still resume.
         resume: load the checkpoint at start when it exists.
     """
 
     def __init__(self, path: str, objects: dict, resume: bool = True) -> None:
         self.path = Path(path)
-        self.objects = objects
+        self.objects = {name: item for name, item in objects.items() if item is not None}
         self.resume = resume
 
     def attach(self, trainer: Engine) -> None:
