@@ -3,7 +3,8 @@
 inference writer stores masks).
 
 Both start from the on-disk mask: the plain encoder loads it whole and encodes it with
-``rle_encode``; the streaming one reads it a band of columns at a time (``rle_encode_columns``).
+``rle_encode``; the streaming one reads it a band of rows at a time (``rle_encode_chunked``, the
+runs of each band joined at the end, as inference joins the runs of each band of a slide it makes).
 Prints the time ratio (goal: at most 1.0, no slower) and the peak-memory ratio (goal: at most
 0.25), peak memory being what numpy and zarr allocate (tracemalloc).
 
@@ -21,7 +22,7 @@ import numpy as np
 import zarr
 from common import SHARED
 from scripts.annotations import rasterize, read_annotations
-from scripts.rle import rle_encode, rle_encode_columns
+from scripts.rle import rle_encode, rle_encode_chunked
 
 
 def measure(encode, repeats: int) -> tuple[str, float, float]:
@@ -40,7 +41,7 @@ def measure(encode, repeats: int) -> tuple[str, float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--polygons", default=str(SHARED / "data" / "hubmap_format" / "aaa6a05cc.json"))
-    parser.add_argument("--band", type=int, default=1024, help="columns per streaming step")
+    parser.add_argument("--band", type=int, default=1024, help="rows per streaming step")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
@@ -51,11 +52,11 @@ def main() -> None:
         stored[:] = mask
         del mask
         plain, plain_s, plain_mib = measure(lambda: rle_encode(stored[:]), args.repeats)
-        stream, stream_s, stream_mib = measure(lambda: rle_encode_columns(stored, args.band), args.repeats)
+        stream, stream_s, stream_mib = measure(lambda: rle_encode_chunked(stored, args.band), args.repeats)
     assert stream == plain, "streaming RLE differs from rle_encode"
     print(f"mask {shape[1]} x {shape[0]} from {args.polygons}, {len(plain.split()) // 2} runs, identical strings")
     print(f"numpy rle_encode (mask loaded whole): {plain_s:.2f} s, peak {plain_mib:.0f} MiB")
-    print(f"streaming, {args.band}-column bands:    {stream_s:.2f} s, peak {stream_mib:.0f} MiB")
+    print(f"streaming, {args.band}-row bands:       {stream_s:.2f} s, peak {stream_mib:.0f} MiB")
     print(f"time ratio streaming/numpy: {stream_s / plain_s:.2f} (goal <= 1.0)")
     print(f"peak memory ratio streaming/numpy: {stream_mib / plain_mib:.3f} (goal <= 0.25)")
 

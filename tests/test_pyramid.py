@@ -83,7 +83,7 @@ def test_pool_mask_max_and_mean_with_background_padding():
 # --- write_pyramid ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("compression", ["lzw", None])
+@pytest.mark.parametrize("compression", ["lzw", "zlib", None])
 def test_rgb_pyramid_layout_and_pixels(tmp_path, compression):
     shape = (1001, 1501)
     image = smooth_rgb(shape)
@@ -119,6 +119,22 @@ def test_single_channel_pyramid_with_max_reduction(tmp_path):
         np.testing.assert_array_equal(pixels, expected[..., 0], err_msg=f"level {level}")
         expected = reduce2x(expected, "max")
     assert pages[3][5].max() == 255 and pages[3][5].mean() > 150  # thin structures survive 8x reduction
+
+
+def test_a_deflated_mask_of_mostly_empty_tiles_reads_back_exactly(tmp_path):
+    shape = (1001, 1501)
+    mask = np.zeros(shape, np.uint8)
+    mask[300:420, 700:1100] = 255  # a few tiles hold foreground, the rest are empty
+    mask[1000, 1500] = 255  # the last pixel, in a tile padded past the edge
+    path = write_pyramid(tmp_path / "mask.tiff", lambda y0, y1: mask[y0:y1], shape, channels=1, tile=256,
+                         compression="zlib", reduce="max")
+    expected = mask[..., None]
+    for level, (page_shape, _, _, _, _, pixels) in enumerate(pages_of(path)):
+        assert page_shape == level_shape(shape, level)
+        np.testing.assert_array_equal(pixels, expected[..., 0], err_msg=f"level {level}")
+        expected = reduce2x(expected, "max")
+    with tifffile.TiffFile(path) as tif:
+        assert tif.pages[0].compression == tifffile.COMPRESSION.ADOBE_DEFLATE
 
 
 def test_read_band_is_called_top_to_bottom_once_per_tile_row(tmp_path):

@@ -1,5 +1,5 @@
 """Kaggle RLE (scripts/rle.py): hand-computed encodings, round trips, decoding column ranges,
-streaming encoding band by band, and every malformed string rejected with a message."""
+streaming encoding block by block (in any order), and every malformed string rejected with a message."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 from scripts.errors import InputError
 from scripts.rle import (
-    ColumnRunEncoder,
+    BlockRunEncoder,
     RleError,
     decode_columns,
     parse_rle,
     rle_decode,
     rle_encode,
+    rle_encode_chunked,
 )
 
 
@@ -131,72 +132,87 @@ def test_decode_columns_with_no_runs_is_empty():
     assert not decode_columns(starts, lengths, 5, 1, 4).any()
 
 
-# --- ColumnRunEncoder ---------------------------------------------------------------------------
+# --- BlockRunEncoder ----------------------------------------------------------------------------
 
 
-def encode_in_bands(mask, widths):
-    encoder = ColumnRunEncoder(mask.shape[0])
-    col = 0
-    for width in widths:
-        encoder.add(mask[:, col : col + width])
-        col += width
-    assert col == mask.shape[1]
+def encode_in_blocks(mask, rng, empty_blocks=True):
+    """Encode ``mask`` from random bands of rows, each cut into two blocks at a random column,
+    given in a shuffled order; empty blocks are left out when ``empty_blocks`` is False."""
+    blocks, top = [], 0
+    while top < mask.shape[0]:
+        bottom = min(mask.shape[0], top + int(rng.integers(1, 4)))
+        cut = int(rng.integers(0, mask.shape[1] + 1))
+        blocks += [(mask[top:bottom, :cut], top, 0), (mask[top:bottom, cut:], top, cut)]
+        top = bottom
+    encoder = BlockRunEncoder(mask.shape)
+    for i in rng.permutation(len(blocks)):
+        block, row, col = blocks[i]
+        if empty_blocks or block.any():
+            encoder.add(block, row, col)
     return encoder.result()
 
 
-def random_widths(rng, total):
-    widths = []
-    while sum(widths) < total:
-        widths.append(int(min(rng.integers(1, 6), total - sum(widths))))
-    return widths
-
-
 @pytest.mark.parametrize("seed", range(8))
-def test_band_encoder_equals_whole_mask_encoding(seed):
+def test_block_encoder_equals_whole_mask_encoding(seed):
     rng = np.random.default_rng(seed)
     shape = (int(rng.integers(1, 12)), int(rng.integers(1, 30)))
     mask = random_mask(rng, shape, density=0.5, blocky=bool(seed % 2))
-    assert encode_in_bands(mask, random_widths(rng, shape[1])) == rle_encode(mask)
+    assert encode_in_blocks(mask, rng) == rle_encode(mask)
+    assert encode_in_blocks(mask, rng, empty_blocks=False) == rle_encode(mask)  # unseen pixels are background
 
 
-def test_band_encoder_joins_a_run_crossing_band_edges():
+def test_block_encoder_joins_runs_across_block_edges_and_column_ends():
     mask = np.zeros((4, 6), np.uint8)
     mask[2:, 1] = 1
     mask[:, 2:5] = 1  # one run from column 2 row 3 through column 5
     mask[:1, 5] = 1
     assert rle_encode(mask) == "7 15"
-    assert encode_in_bands(mask, [2, 1, 1, 2]) == "7 15"
-    assert encode_in_bands(mask, [1] * 6) == "7 15"
+    encoder = BlockRunEncoder(mask.shape)
+    for top, left in [(2, 3), (0, 0), (2, 0), (0, 3)]:  # four 2 x 3 blocks, bottom right first
+        encoder.add(mask[top : top + 2, left : left + 3], top, left)
+    assert encoder.result() == "7 15"
+    starts, lengths = encoder.runs()
+    assert starts.tolist() == [6] and lengths.tolist() == [15]
 
 
-def test_band_encoder_closes_a_run_open_at_the_very_end():
-    mask = np.zeros((3, 4), np.uint8)
-    mask[1:, 2:] = 1
-    mask[0, 3] = 1  # rows 2-3 of column 3 and all of column 4: open until the last pixel
-    assert encode_in_bands(mask, [1, 2, 1]) == rle_encode(mask) == "8 5"
+def test_block_encoder_full_and_empty_masks():
+    encoder = BlockRunEncoder((5, 7))
+    encoder.add(np.ones((5, 3), np.uint8), 0, 4)
+    encoder.add(np.ones((5, 4), np.uint8), 0, 0)
+    assert encoder.result() == "1 35"
+    assert BlockRunEncoder((5, 7)).result() == ""
+    encoder = BlockRunEncoder((5, 7))
+    encoder.add(np.zeros((5, 7), np.uint8))
+    encoder.add(np.zeros((0, 7), np.uint8), 5)
+    assert encoder.result() == ""
 
 
-def test_band_encoder_closes_an_open_run_when_the_next_band_starts_empty():
-    mask = np.zeros((3, 3), np.uint8)
-    mask[:, 0] = 1
-    mask[2, 2] = 1
-    assert encode_in_bands(mask, [1, 1, 1]) == "1 3 9 1"
+def test_block_encoder_rejects_a_block_outside_the_mask_or_given_twice():
+    encoder = BlockRunEncoder((4, 5))
+    for block, top, left in [(np.ones((2, 2)), 3, 0), (np.ones((2, 2)), 0, 4), (np.ones((1, 1)), -1, 0)]:
+        with pytest.raises(ValueError, match="does not fit a 4 x 5 mask"):
+            encoder.add(block, top, left)
+    encoder.add(np.ones((2, 2)), 1, 1)
+    encoder.add(np.ones((2, 2)), 2, 2)  # shares pixel (2, 2)
+    with pytest.raises(ValueError, match="same pixel"):
+        encoder.runs()
 
 
-def test_band_encoder_full_and_empty_masks():
-    assert encode_in_bands(np.ones((5, 7), np.uint8), [3, 4]) == "1 35"
-    assert encode_in_bands(np.zeros((5, 7), np.uint8), [1, 6]) == ""
+@pytest.mark.parametrize("rows", [1, 3, 64])
+def test_chunked_encoding_reads_bands_of_rows_and_equals_the_whole_mask_encoding(rows):
+    rng = np.random.default_rng(rows)
+    mask = random_mask(rng, (23, 17), density=0.4)
+    reads = []
 
+    class Recording:
+        shape = mask.shape
 
-def test_band_encoder_rejects_a_band_of_the_wrong_height():
-    encoder = ColumnRunEncoder(4)
-    with pytest.raises(ValueError):
-        encoder.add(np.zeros((3, 2), np.uint8))
+        def __getitem__(self, index):
+            reads.append(index)
+            return mask[index]
 
-
-def test_band_encoder_ignores_a_zero_width_band():
-    mask = np.ones((3, 4), np.uint8)
-    assert encode_in_bands(mask, [2, 0, 2]) == rle_encode(mask)
+    assert rle_encode_chunked(Recording(), rows) == rle_encode(mask)
+    assert reads == [slice(top, top + rows) for top in range(0, 23, rows)]
 
 
 # --- malformed strings --------------------------------------------------------------------------
@@ -244,18 +260,3 @@ def test_rle_error_is_a_value_error_and_an_input_error():
 
 def test_adjacent_runs_are_accepted_and_a_run_ending_at_the_last_pixel_fits():
     np.testing.assert_array_equal(rle_decode("1 2 3 1 6 1", (3, 2)), np.array([[1, 0], [1, 0], [1, 1]]))
-
-
-def test_band_encoder_skips_empty_columns_without_building_them():
-    rng = np.random.default_rng(7)
-    mask = (rng.random((9, 30)) < 0.4).astype(np.uint8)
-    mask[:, 5:12] = 0
-    mask[:, 20:26] = 0
-    mask[-1, 4] = mask[0, 12] = 1  # runs that end right before and start right after the gaps
-    encoder = ColumnRunEncoder(9)
-    encoder.add(mask[:, :5])
-    encoder.add_empty(7)
-    encoder.add(mask[:, 12:20])
-    encoder.add_empty(6)
-    encoder.add(mask[:, 26:])
-    assert encoder.result() == rle_encode(mask)

@@ -21,7 +21,6 @@ from monai.inferers import SimpleInferer
 from monai.transforms import Activationsd, Compose, ScaleIntensityRanged
 from scripts.annotations import rasterize, read_annotations
 from scripts.datasets import SlideRegionDataset
-from scripts.level0 import upsample_threshold
 from scripts.prepare import prepare_slide
 from scripts.rle import rle_decode, rle_encode
 from scripts.slides import read_thumbnail
@@ -192,20 +191,3 @@ def test_a_slide_is_written_while_the_next_slides_windows_are_stitched(slides, t
     assert write_slide_calls == [True] and not writer.failed
     masks = [tifffile.imread(tmp_path / "out" / "masks" / f"{name}.tiff", level=0) for name in ("s1", "s2")]
     np.testing.assert_array_equal(masks[0], masks[1])  # the same image gives the same prediction
-
-
-def test_band_upsampling_equals_whole_image_upsampling():
-    rng = np.random.default_rng(0)
-    values = rng.integers(0, 100, (37, 53))
-    values[10:14, 20:35] = rng.integers(100, 256, (4, 15))  # a few hot spots, the rest below the threshold
-    values[30, 50] = 255
-    probability = values.astype(np.uint8)
-    source = torch.from_numpy(probability.astype(np.float32) / 255)[None, None]
-    whole = (F.interpolate(source, scale_factor=4, mode="bilinear", align_corners=False)[0, 0] > 0.5).numpy()
-    bands = []
-    for row in range(0, 37, 5):  # bands of rows, each with a row of context above and below
-        first, stop = max(row - 1, 0), min(row + 6, 37)
-        band = upsample_threshold(probability[first:stop], slice(row - first, min(row + 5, 37) - first), 4, 0.5)
-        bands.append(np.zeros(((min(row + 5, 37) - row) * 4, 53 * 4), np.uint8) if band is None else band)
-    np.testing.assert_array_equal(np.concatenate(bands, axis=0), whole)
-    assert upsample_threshold(probability[:6], slice(0, 5), 4, 0.5) is None  # nothing hot there

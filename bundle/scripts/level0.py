@@ -1,11 +1,12 @@
 """A slide's level-0 mask, built while its working-resolution probabilities are still arriving.
 
 Each time rows of a slide's probabilities become final, the rows of the level-0 mask that depend
-on them only are made (bilinear upsampling, then the threshold), written to a chunked zarr array
-on disk and handed to a thread that writes the pyramidal mask TIFF as they come. When the slide is
-complete, one pass over the mask, a band of columns at a time, gives the Kaggle RLE (column-major)
-and the Dice counts against the truth. Only the rectangle around pixels above the threshold is
-upsampled (bilinear values never exceed their neighbours'), which is a small part of a slide.
+on them only are made (bilinear upsampling, then the threshold). Only the rectangle around pixels
+above the threshold is made at all (bilinear values never exceed their neighbours'), which is a
+small part of a slide. Its runs go straight into the Kaggle RLE (column-major, joined across
+bands when the slide is complete) and the rectangle goes to a thread that writes the pyramidal
+mask TIFF as rows come; the writer waits when that thread falls more than a few tiles behind.
+The level-0 mask itself is never stored.
 """
 
 from __future__ import annotations
@@ -21,20 +22,24 @@ import zarr
 from .metrics import DiceCounts
 from .outputs import write_mask_tiff
 from .pyramid import pool_mask
-from .rle import ColumnRunEncoder, decode_columns, parse_rle
+from .rle import BlockRunEncoder, decode_columns, parse_rle, runs_to_rle
 
 __all__ = ["Level0Mask", "upsample_threshold"]
 
-ROWS = 512  # level-0 mask chunk height = mask TIFF tile height, so the TIFF thread never reads a chunk being written
-COLUMNS = 1024  # level-0 columns per step of the RLE pass (and chunk width)
+HELD_ROWS = 1024  # level-0 rows made but not yet in the TIFF at which the writer waits (the TIFF reads 512 at a time)
+COLUMNS = 1024  # level-0 columns per step when a truth is decoded for the preview
+GROUP_GAP = 32  # working columns of glass between two groups of columns that are upsampled apart
 
 
-def upsample_threshold(source: np.ndarray, rows: slice, scale: int, threshold: float) -> np.ndarray | None:
-    """Level-0 mask of some rows of a block of working-resolution probabilities.
+def upsample_threshold(source: np.ndarray, rows: slice, scale: int,
+                       threshold: float) -> list[tuple[np.ndarray, int, int]]:
+    """Level-0 mask of some rows of a block of working-resolution probabilities, where it can be set.
 
     The result equals the same pixels of a bilinear upsampling (``align_corners=False``) of the
     whole slide, provided ``source`` holds one row of context above and below ``rows`` (unless
-    they are the slide's first or last row) and the slide's full width.
+    they are the slide's first or last row) and the slide's full width; every pixel outside the
+    returned blocks is 0. Only the columns near pixels above the threshold are upsampled, in
+    groups (glomeruli far apart in a band do not make the glass between them a block).
 
     Args:
         source: ``(h, w)`` ``uint8`` probabilities (0-255).
@@ -43,28 +48,92 @@ def upsample_threshold(source: np.ndarray, rows: slice, scale: int, threshold: f
         threshold: probability threshold (0-1).
 
     Returns:
-        ``((rows.stop - rows.start) * scale, w * scale)`` ``uint8`` 0/1, or ``None`` when empty.
+        ``(block, top, left)`` per group: a ``bool`` block of the level-0 mask and its first row
+        (counted from ``rows.start * scale``) and column; none when no pixel can be set.
     """
-    limit = threshold * 255
-    hot = source > limit
-    hot_rows, hot_cols = np.flatnonzero(hot.any(axis=1)), np.flatnonzero(hot.any(axis=0))
-    if not len(hot_rows):
-        return None
-    # output pixels that can pass the threshold: within one source pixel of a hot one
-    top, bottom = max(hot_rows[0] - 1, rows.start), min(hot_rows[-1] + 2, rows.stop)
-    if top >= bottom:
-        return None
-    left, right = max(hot_cols[0] - 1, 0), min(hot_cols[-1] + 2, source.shape[1])
-    # plus one more pixel of context for the interpolation itself
-    r0, r1 = max(top - 1, 0), min(bottom + 1, source.shape[0])
-    c0, c1 = max(left - 1, 0), min(right + 1, source.shape[1])
-    block = torch.from_numpy(source[r0:r1, c0:c1].astype(np.float32) / 255)[None, None]
-    if scale > 1:
-        block = F.interpolate(block, scale_factor=scale, mode="bilinear", align_corners=False)
-    kept = block[0, 0, (top - r0) * scale : (bottom - r0) * scale, (left - c0) * scale : (right - c0) * scale] > threshold
-    band = np.zeros(((rows.stop - rows.start) * scale, source.shape[1] * scale), np.uint8)
-    band[(top - rows.start) * scale : (bottom - rows.start) * scale, left * scale : right * scale] = kept.numpy()
-    return band
+    first = max(rows.start - 1, 0)  # a hot context row reaches into the rows next to it
+    hot = source[first : rows.stop + 1] > threshold * 255
+    blocks = []
+    for left, right in _column_groups(hot.any(axis=0)):
+        # output pixels that can pass the threshold: within one source pixel of a hot one
+        hot_rows = np.flatnonzero(hot[:, left:right].any(axis=1)) + first
+        top, bottom = max(hot_rows[0] - 1, rows.start), min(hot_rows[-1] + 2, rows.stop)
+        if top >= bottom:
+            continue
+        # plus one more pixel of context for the interpolation itself
+        r0, r1 = max(top - 1, 0), min(bottom + 1, source.shape[0])
+        c0, c1 = max(left - 1, 0), min(right + 1, source.shape[1])
+        block = torch.from_numpy(source[r0:r1, c0:c1].astype(np.float32) / 255)[None, None]
+        if scale > 1:
+            block = F.interpolate(block, scale_factor=scale, mode="bilinear", align_corners=False)
+        kept = block[0, 0, (top - r0) * scale : (bottom - r0) * scale, (left - c0) * scale : (right - c0) * scale]
+        blocks.append(((kept > threshold).numpy(), int(top - rows.start) * scale, int(left) * scale))
+    return blocks
+
+
+def _column_groups(hot_columns: np.ndarray, gap: int = GROUP_GAP) -> list[tuple[int, int]]:
+    """``[left, right)`` column ranges holding every column within one of a hot one, ranges less
+    than ``gap`` apart joined (each range costs an upsampling call)."""
+    near = np.flatnonzero(np.convolve(hot_columns, np.ones(3, bool), mode="same"))
+    if not len(near):
+        return []
+    breaks = np.flatnonzero(np.diff(near) > gap)
+    lefts, rights = near[np.r_[0, breaks + 1]], near[np.r_[breaks, len(near) - 1]] + 1
+    return list(zip(lefts.tolist(), rights.tolist()))
+
+
+class _HeldRows:
+    """Level-0 rows on their way from the slide's writer to its TIFF thread: the blocks of
+    foreground made so far, kept until the TIFF thread has read past them.
+
+    Args:
+        shape: the slide's level-0 ``(height, width)``.
+        limit: rows made but not yet read at which the writer waits; at least the rows of one
+            read, or both sides would wait for each other.
+    """
+
+    def __init__(self, shape: tuple[int, int], limit: int = HELD_ROWS) -> None:
+        self.shape, self.limit = shape, limit
+        self._blocks: list[tuple[int, int, np.ndarray]] = []  # (top, left, bool block)
+        self._made = 0  # rows made (final)
+        self._read = 0  # rows the TIFF thread has read
+        self._aborted = False
+        self._changed = threading.Condition()
+
+    def put(self, made: int, blocks: list[tuple[int, int, np.ndarray]]) -> None:
+        """Hand on rows ``[.., made)``, whose foreground is ``blocks``; wait while too many rows are held."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._aborted or self._made - self._read <= self.limit)
+            if self._aborted:
+                return
+            self._blocks += blocks
+            self._made = made
+            self._changed.notify_all()
+
+    def read(self, y0: int, y1: int) -> np.ndarray:
+        """Rows ``[y0, y1)`` as ``uint8`` 0/1 once they are made (reads go top to bottom)."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._aborted or self._made >= min(y1, self.shape[0]))
+            if self._aborted:
+                raise RuntimeError("slide abandoned")
+            band = np.zeros((y1 - y0, self.shape[1]), np.uint8)
+            kept = []
+            for top, left, block in self._blocks:
+                first, stop = max(top, y0), min(top + len(block), y1)
+                if first < stop:
+                    band[first - y0 : stop - y0, left : left + block.shape[1]] = block[first - top : stop - top]
+                if top + len(block) > y1:
+                    kept.append((top, left, block))
+            self._blocks = kept
+            self._read = y1
+            self._changed.notify_all()
+        return band
+
+    def abort(self) -> None:
+        """Wake both sides for good: the slide is abandoned."""
+        with self._changed:
+            self._aborted = True
+            self._changed.notify_all()
 
 
 class Level0Mask:
@@ -74,20 +143,15 @@ class Level0Mask:
         shape: the slide's level-0 ``(height, width)``.
         scale: level-0 pixels per working pixel.
         threshold: probability threshold.
-        store: path of the zarr array to build the mask in.
         tiff: path of the pyramidal mask TIFF to write.
     """
 
-    def __init__(self, shape: tuple[int, int], scale: int, threshold: float, store: Path, tiff: Path) -> None:
+    def __init__(self, shape: tuple[int, int], scale: int, threshold: float, tiff: Path) -> None:
         self.shape, self.scale, self.threshold = shape, scale, threshold
-        self.mask = zarr.create_array(store=store, shape=shape, chunks=(ROWS, COLUMNS), dtype=np.uint8,
-                                      fill_value=0, overwrite=True)
         self.area = 0
-        self._columns_used = np.zeros(-(-shape[1] // COLUMNS), bool)  # which column bands hold foreground
+        self._runs = BlockRunEncoder(shape)
+        self._rows = _HeldRows(shape)
         self._working_done = 0  # working rows already turned into level-0 rows
-        self._rows_ready = 0  # level-0 rows written to the mask
-        self._aborted = False
-        self._ready = threading.Condition()
         self._tiff_error: BaseException | None = None
         self._tiff = threading.Thread(target=self._write_tiff, args=(tiff,), name="mask-tiff", daemon=True)
         self._tiff.start()
@@ -107,27 +171,27 @@ class Level0Mask:
             return
         first = max(start - 1, 0)
         source = probability[first : min(stop + 1, height)]
-        band = upsample_threshold(source, slice(start - first, stop - first), self.scale, self.threshold)
+        found = upsample_threshold(source, slice(start - first, stop - first), self.scale, self.threshold)
         y0, y1 = start * self.scale, min(stop * self.scale, self.shape[0])
-        if band is not None:
-            band = band[: y1 - y0, : self.shape[1]]
-            self.mask[y0:y1] = band
-            self.area += int(band.sum())
-            self._columns_used |= pool_mask(band.any(axis=0)[None], COLUMNS, "max")[0]
+        blocks = []
+        for block, top, left in found:
+            top += y0
+            # the last working row and column may reach past the slide
+            block = block[: max(y1 - top, 0), : self.shape[1] - left]
+            if block.size:
+                self.area += int(block.sum())
+                self._runs.add(block, top, left)
+                blocks.append((top, left, block))
         self._working_done = stop
-        with self._ready:
-            self._rows_ready = y1
-            self._ready.notify_all()
+        self._rows.put(y1, blocks)
 
     def abort(self) -> None:
         """Stop the TIFF thread (the slide failed); its temporary file is removed."""
-        with self._ready:
-            self._aborted = True
-            self._ready.notify_all()
+        self._rows.abort()
         self._tiff.join()
 
     def finish(self, truth: str | None, thumb_scale: int, slide_id: str) -> tuple[str, DiceCounts | None, np.ndarray | None]:
-        """After the last rows: wait for the TIFF, then encode the RLE and count Dice, column band by band.
+        """After the last rows: wait for the TIFF, then join the RLE's runs and count Dice against the truth's.
 
         Args:
             truth: the slide's true mask as RLE, or None.
@@ -140,36 +204,27 @@ class Level0Mask:
         self._tiff.join()
         if self._tiff_error is not None:
             raise self._tiff_error
-        height, width = self.shape
-        truth_runs = parse_rle(truth, height * width, slide_id) if truth is not None else None
-        counts = DiceCounts() if truth_runs is not None else None
-        truth_thumb = None if truth_runs is None else np.zeros((-(-height // thumb_scale), -(-width // thumb_scale)), bool)
-        encoder = ColumnRunEncoder(height)
-        step = max(COLUMNS, thumb_scale)  # a multiple of the preview scale, so pooled bands line up
-        for x0 in range(0, width, step):
-            x1 = min(x0 + step, width)
-            used = self._columns_used[x0 // COLUMNS : -(-x1 // COLUMNS)].any()
-            predicted = self.mask[:, x0:x1] if used else None  # an empty band is known without reading it
-            if predicted is None:
-                encoder.add_empty(x1 - x0)
-            else:
-                encoder.add(predicted)
-            if truth_runs is not None:
-                truth_band = decode_columns(*truth_runs, height, x0, x1)
-                counts.add(predicted, truth_band)
-                pooled = pool_mask(truth_band != 0, thumb_scale, "max")
-                truth_thumb[: pooled.shape[0], x0 // thumb_scale : x0 // thumb_scale + pooled.shape[1]] = pooled
-        return encoder.result(), counts, truth_thumb
-
-    def _wait(self, rows: int) -> None:
-        """Block the TIFF thread until ``rows`` level-0 rows are written (or the slide is abandoned)."""
-        with self._ready:
-            self._ready.wait_for(lambda: self._aborted or self._rows_ready >= min(rows, self.shape[0]))
-            if self._aborted:
-                raise RuntimeError("slide abandoned")
+        runs = self._runs.runs()
+        if truth is None:
+            return runs_to_rle(*runs), None, None
+        truth_runs = parse_rle(truth, self.shape[0] * self.shape[1], slide_id)
+        counts = DiceCounts.from_runs(runs, truth_runs)
+        return runs_to_rle(*runs), counts, _pooled_mask(truth_runs, self.shape, thumb_scale)
 
     def _write_tiff(self, path: Path) -> None:
         try:
-            write_mask_tiff(path, self.mask, wait=self._wait)
+            write_mask_tiff(path, self._rows.read, self.shape)
         except BaseException as error:  # re-raised by finish(); an abandoned slide ignores it
             self._tiff_error = error
+            self._rows.abort()  # the writer must not wait for a reader that is gone
+
+
+def _pooled_mask(runs: tuple[np.ndarray, np.ndarray], shape: tuple[int, int], factor: int) -> np.ndarray:
+    """A mask given as runs, max-pooled by ``factor``, decoded a band of columns at a time."""
+    height, width = shape
+    pooled = np.zeros((-(-height // factor), -(-width // factor)), bool)
+    step = max(COLUMNS // factor, 1) * factor  # a multiple of the factor, so pooled bands line up
+    for x0 in range(0, width, step):
+        band = pool_mask(decode_columns(*runs, height, x0, min(x0 + step, width)) != 0, factor, "max")
+        pooled[: band.shape[0], x0 // factor : x0 // factor + band.shape[1]] = band
+    return pooled

@@ -1,6 +1,6 @@
 """Dice the Kaggle way: per slide, then the mean over slides; 1.0 where prediction and truth are
-both empty. Counts are accumulated band by band so no whole-slide mask is ever needed; so are the
-small per-slide maps of prediction and truth that show where a slide's errors are.
+both empty. Counts are accumulated band by band, or taken from the masks' runs, so no whole-slide
+mask is ever needed; so are the small per-slide maps of prediction and truth that show where a slide's errors are.
 """
 
 from __future__ import annotations
@@ -36,6 +36,31 @@ class DiceCounts:
             prediction = prediction != 0
             self.intersection += int((prediction & truth).sum())
             self.predicted += int(prediction.sum())
+
+    @classmethod
+    def from_runs(cls, prediction: tuple[np.ndarray, np.ndarray], truth: tuple[np.ndarray, np.ndarray]) -> DiceCounts:
+        """Counts of two masks given as runs, without decoding either.
+
+        Args:
+            prediction: ``(starts, lengths)`` of the prediction, sorted and not overlapping (as
+                :func:`scripts.rle.parse_rle` gives them), in any pixel numbering both share.
+            truth: the same for the truth.
+
+        Returns:
+            The counts of the whole masks.
+        """
+        counts = cls()
+        counts.predicted, counts.truth = int(prediction[1].sum()), int(truth[1].sum())
+        starts = np.concatenate([prediction[0], truth[0]])
+        ends = starts + np.concatenate([prediction[1], truth[1]])
+        if len(starts):
+            order = np.argsort(starts, kind="stable")
+            starts, ends = starts[order], ends[order]
+            # pixels in either mask: each run adds the part past the furthest end of the runs before it
+            reach = np.concatenate([starts[:1], np.maximum.accumulate(ends)[:-1]])
+            either = int(np.clip(ends - np.maximum(starts, reach), 0, None).sum())
+            counts.intersection = counts.predicted + counts.truth - either
+        return counts
 
     @property
     def dice(self) -> float:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import imagecodecs
 import numpy as np
-import zarr
 from scipy import ndimage
 
 from .files import atomic_path, write_csv
@@ -24,27 +23,22 @@ def write_submission(path: str | os.PathLike, predictions: dict[str, str]) -> Pa
     return write_csv(path, ("id", "predicted"), predictions.items())
 
 
-def write_mask_tiff(path: str | os.PathLike, mask: zarr.Array, resolution_um: float | None = None,
-                    wait: Callable[[int], None] | None = None) -> Path:
-    """Write a level-0 binary mask (0/1 zarr array) as a tiled pyramidal 8-bit TIFF (0/255), band by band.
+def write_mask_tiff(path: str | os.PathLike, read_rows: Callable[[int, int], np.ndarray], shape: tuple[int, int],
+                    resolution_um: float | None = None) -> Path:
+    """Write a level-0 binary mask as a tiled pyramidal 8-bit TIFF (0/255), band by band.
 
     Args:
         path: output ``.tiff``.
-        mask: ``(height, width)`` array of 0 and 1.
+        read_rows: ``read_rows(y0, y1)`` gives rows ``[y0, y1)`` of 0 and 1 (``uint8``); called top to
+            bottom, so it may wait for a mask still being made.
+        shape: ``(height, width)`` of the mask.
         resolution_um: microns per pixel, when known.
-        wait: called with ``y1`` before rows ``[y0, y1)`` are read, for a mask still being written.
 
     Returns:
         The path written.
     """
-
-    def read_band(y0: int, y1: int) -> np.ndarray:
-        if wait is not None:
-            wait(y1)
-        return mask[y0:y1] * np.uint8(255)
-
-    return write_pyramid(path, read_band, mask.shape, channels=1, compression="zlib", reduce="max",
-                         resolution_um=resolution_um)
+    return write_pyramid(path, lambda y0, y1: read_rows(y0, y1) * np.uint8(255), shape, channels=1,
+                         compression="zlib", reduce="max", resolution_um=resolution_um)
 
 
 def outline_overlay(image: np.ndarray, masks: Sequence[tuple[np.ndarray, tuple[int, int, int]]], width: int = 1) -> np.ndarray:

@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import imagecodecs
 import numpy as np
 import tifffile
 import zarr
@@ -93,6 +94,19 @@ def _tiles(read_band: BandReader, shape: tuple[int, int], channels: int, tile: i
             yield padded[:, x0 : x0 + tile] if channels > 1 else padded[:, x0 : x0 + tile, 0]
 
 
+def _deflated(tiles: Iterator[np.ndarray], level: int | None) -> Iterator[bytes]:
+    """Tiles deflated as TIFF stores them (``zlib``), the empty (all-zero) tile encoded only once:
+    most tiles of a mask, or of glass in a heatmap, are empty, and encoding them was most of the cost."""
+    empty = None
+    for tile in tiles:
+        if tile.any():
+            yield imagecodecs.zlib_encode(np.ascontiguousarray(tile), level)
+            continue
+        if empty is None:
+            empty = imagecodecs.zlib_encode(np.ascontiguousarray(tile), level)
+        yield empty
+
+
 def write_pyramid(
     path: str | os.PathLike,
     read_band: BandReader,
@@ -156,8 +170,11 @@ def _write_levels(tmp: Path, read_band: BandReader, shape: tuple[int, int], chan
             if resolution_um:
                 per_cm = 1e4 / (resolution_um * 2**level)
                 extra = {"resolution": (per_cm, per_cm), "resolutionunit": "CENTIMETER"}
+            tiles = _tiles(reader, level_hw, channels, tile, keep_reduced)
+            if codec["compression"] == "zlib":  # tifffile stores tiles given as bytes as they are
+                tiles = _deflated(tiles, (codec["compressionargs"] or {}).get("level"))
             writer.write(
-                _tiles(reader, level_hw, channels, tile, keep_reduced),
+                tiles,
                 shape=(*level_hw, channels) if channels > 1 else level_hw,
                 dtype=np.uint8, tile=(tile, tile), photometric=photometric, **codec,
                 subfiletype=0 if level == 0 else 1, metadata=None, **extra,

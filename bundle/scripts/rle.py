@@ -5,7 +5,7 @@ Pixels are numbered from 1, top to bottom, then left to right (column-major, the
 non-overlapping; an empty mask is the empty string.
 
 This module owns the format: encoding, decoding with validation, and the streaming pieces that let
-whole-slide masks be encoded and decoded a band of columns at a time.
+whole-slide masks be encoded block by block as they are made, and decoded a band of columns at a time.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import numpy as np
 from .errors import InputError
 
 __all__ = [
-    "ColumnRunEncoder", "RleError", "decode_columns", "parse_rle", "rle_decode", "rle_encode", "rle_encode_columns",
+    "BlockRunEncoder", "RleError", "decode_columns", "parse_rle", "rle_decode", "rle_encode", "rle_encode_chunked",
+    "runs_to_rle",
 ]
 
 
@@ -136,81 +137,85 @@ def decode_columns(
     return flat.reshape(col_stop - col_start, height).T
 
 
-class ColumnRunEncoder:
-    """Encode a mask as RLE from consecutive bands of columns, never holding the whole mask.
+class BlockRunEncoder:
+    """Encode a mask as RLE from rectangular blocks of it, given in any order, never holding the whole mask.
 
-    Feed bands left to right with :meth:`add`; :meth:`result` returns the same string that
-    :func:`rle_encode` gives for the whole mask. Runs that continue from one band into the next
-    (a glomerulus crossing the band edge, or a run wrapping from a column's bottom to the next
-    column's top) are joined.
+    Feed each block of the mask that may hold foreground with :meth:`add` (bands of rows as a
+    slide's mask is made, or just the rectangles around its foreground); pixels never given are
+    background. :meth:`result` returns the same string that :func:`rle_encode` gives for the whole
+    mask: runs that continue from one block into the next (a glomerulus crossing a band edge, or a
+    run wrapping from a column's bottom to the next column's top) are joined. Memory grows with
+    the number of runs, not with the mask.
 
     Args:
-        height: the mask height every band must have.
+        shape: ``(height, width)`` of the whole mask.
     """
 
-    def __init__(self, height: int) -> None:
-        self.height = height
-        self._columns_done = 0
-        self._parts: list[str] = []
-        self._open_start: int | None = None  # 1-indexed start of a run still running at the last band's end
+    def __init__(self, shape: tuple[int, int]) -> None:
+        self.shape = (int(shape[0]), int(shape[1]))
+        self._starts: list[np.ndarray] = []  # 0-indexed column-major pixel numbers, one array per block
+        self._ends: list[np.ndarray] = []
 
-    def add_empty(self, columns: int) -> None:
-        """Append ``columns`` empty columns (no foreground) without building them."""
-        if columns <= 0:
-            return
-        if self._open_start is not None:
-            end = self._columns_done * self.height + 1
-            self._parts.append(f"{self._open_start} {end - self._open_start}")
-            self._open_start = None
-        self._columns_done += columns
-
-    def add(self, band: np.ndarray) -> None:
-        """Append the next band of columns.
+    def add(self, block: np.ndarray, top: int = 0, left: int = 0) -> None:
+        """Add the runs of one block; each pixel of the mask may be given once.
 
         Args:
-            band: ``(height, n_columns)`` array; non-zero pixels are foreground.
+            block: ``(h, w)`` array; non-zero pixels are foreground.
+            top: the block's first row in the mask.
+            left: the block's first column in the mask.
         """
-        if band.ndim != 2 or band.shape[0] != self.height:
-            raise ValueError(f"band must have shape ({self.height}, n), got {band.shape}")
-        if band.shape[1] == 0:
-            return
-        offset = self._columns_done * self.height
-        pixels = np.concatenate([[False], band.ravel(order="F") != 0, [False]])
-        changes = np.flatnonzero(pixels[1:] != pixels[:-1]) + 1 + offset  # 1-indexed run starts / ends
-        starts, ends = changes[0::2], changes[1::2]
-        if len(starts) and self._open_start is not None and starts[0] == offset + 1:
-            starts[0] = self._open_start  # the first run continues the one left open
-        elif self._open_start is not None:
-            self._parts.append(f"{self._open_start} {offset + 1 - self._open_start}")
-        self._open_start = None
-        self._columns_done += band.shape[1]
-        if len(ends) and ends[-1] == self._columns_done * self.height + 1:
-            self._open_start = int(starts[-1])
-            starts, ends = starts[:-1], ends[:-1]
-        if len(starts):
-            pairs = np.stack([starts, ends - starts], axis=1)
-            self._parts.append(" ".join(map(str, pairs.ravel())))
+        height, width = self.shape
+        rows, columns = block.shape
+        if top < 0 or left < 0 or top + rows > height or left + columns > width:
+            raise ValueError(f"a {rows} x {columns} block at ({top}, {left}) does not fit a {height} x {width} mask")
+        # the block column after column, each followed by a background pixel, so a run never spans two columns here
+        flat = np.zeros((columns, rows + 1), bool)
+        flat[:, :rows] = block.T != 0
+        changes = np.flatnonzero(np.diff(flat.ravel(), prepend=False))
+        column, start_row = np.divmod(changes[0::2], rows + 1)
+        first_pixel = (left + column) * height + top  # pixel number of each run's column at the block's top
+        self._starts.append(first_pixel + start_row)
+        self._ends.append(first_pixel + changes[1::2] - column * (rows + 1))
+
+    def runs(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(starts, lengths)`` of the whole mask, 0-indexed, sorted, touching runs joined.
+
+        Raises:
+            ValueError: when two blocks gave the same pixel.
+        """
+        starts, ends = (np.concatenate([np.zeros(0, np.int64), *parts]) for parts in (self._starts, self._ends))
+        if not len(starts):
+            return starts, ends
+        order = np.argsort(starts, kind="stable")
+        starts, ends = starts[order], ends[order]
+        if (starts[1:] < ends[:-1]).any():
+            raise ValueError("two blocks gave the same pixel")
+        first = np.ones(len(starts), bool)
+        first[1:] = starts[1:] != ends[:-1]  # a run starting where the previous one ends continues it
+        last = np.append(first[1:], True)
+        return starts[first], ends[last] - starts[first]
 
     def result(self) -> str:
-        """Close any open run and return the whole RLE string."""
-        if self._open_start is not None:
-            end = self._columns_done * self.height + 1
-            self._parts.append(f"{self._open_start} {end - self._open_start}")
-            self._open_start = None
-        return " ".join(self._parts)
+        """The whole mask's RLE string."""
+        return runs_to_rle(*self.runs())
 
 
-def rle_encode_columns(mask, band: int = 1024) -> str:
-    """Encode a mask too large to hold (e.g. an on-disk zarr array) a band of columns at a time.
+def runs_to_rle(starts: np.ndarray, lengths: np.ndarray) -> str:
+    """The RLE string of runs (0-indexed starts, as :func:`parse_rle` and :meth:`BlockRunEncoder.runs` give them)."""
+    return " ".join(map(str, np.stack([starts + 1, lengths], axis=1).ravel()))
+
+
+def rle_encode_chunked(mask, rows: int = 1024) -> str:
+    """Encode a mask too large to hold (e.g. an on-disk zarr array) a band of rows at a time.
 
     Args:
-        mask: a 2D array-like that supports ``mask[:, c0:c1]``.
-        band: columns read per step.
+        mask: a 2D array-like that supports ``mask[r0:r1]``.
+        rows: rows read per step.
 
     Returns:
         The same string as :func:`rle_encode` on the whole mask.
     """
-    encoder = ColumnRunEncoder(mask.shape[0])
-    for col in range(0, mask.shape[1], band):
-        encoder.add(np.asarray(mask[:, col : col + band]))
+    encoder = BlockRunEncoder(mask.shape)
+    for top in range(0, mask.shape[0], rows):
+        encoder.add(np.asarray(mask[top : top + rows]), top)
     return encoder.result()

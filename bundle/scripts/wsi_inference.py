@@ -5,10 +5,10 @@ Only windows that touch tissue are listed (a lookup in the slide's low-resolutio
 MONAI's DataLoader reads them through cuCIM in worker processes while the network runs on the
 previous batch. :class:`SlidePredictionWriter`, in a thread of its own, blends each window into
 its slide band by band (:mod:`scripts.stitching`), keeps the probabilities in a chunked zarr array
-at the working resolution and, as rows become final, extends the slide's level-0 mask and its
-pyramidal TIFF (:mod:`scripts.level0`). After the slide's last window another thread encodes the
-RLE, scores it, traces the glomeruli and draws the preview while the next slide's windows are
-stitched. Nothing ever holds a whole slide at level 0.
+at the working resolution and, as rows become final, makes the next rows of the slide's level-0
+mask, which go into its pyramidal TIFF and its RLE runs (:mod:`scripts.level0`). After the
+slide's last window another thread joins the RLE, scores it, traces the glomeruli and draws the
+preview while the next slide's windows are stitched. Nothing ever holds a whole slide at level 0.
 
 Per slide, under ``output_dir``: ``rle/<id>.txt``, ``masks/<id>.tiff``, ``glomeruli/<id>.geojson``,
 ``previews/<id>.png``, optionally ``heatmaps/<id>.tiff``, and ``summaries/<id>.json`` last, which
@@ -44,7 +44,7 @@ from .metrics import DiceCounts, mean_dice
 from .outputs import outline_overlay, write_png, write_submission
 from .prepare import PreparedSlide
 from .pyramid import level_shape, write_pyramid
-from .rle import decode_columns, parse_rle
+from .rle import parse_rle
 from .slides import read_thumbnail
 from .stitching import SlideStitchers, slide_windows
 
@@ -237,8 +237,7 @@ class SlidePredictionWriter:
                 store=self._work / f"{slide_id}-probability.zarr", shape=working_shape(slide), chunks=(BAND, BAND),
                 dtype=np.uint8, fill_value=0, overwrite=True,
             )
-            level0 = Level0Mask(slide.shape, slide.downscale, self.threshold, self._work / f"{slide_id}-mask.zarr",
-                                self.output_dir / "masks" / f"{slide_id}.tiff")
+            level0 = Level0Mask(slide.shape, slide.downscale, self.threshold, self.output_dir / "masks" / f"{slide_id}.tiff")
             bar = tqdm(desc=slide_id, unit="window", leave=False)
             self._states[slide_id] = _SlideState(slide, probability, level0, bar)
         return self._states[slide_id]
@@ -256,8 +255,7 @@ class SlidePredictionWriter:
             self.failed[slide.slide_id] = f"{type(error).__name__}: {error}"
             logger.error("%s failed (%s); the other slides go on", slide.slide_id, self.failed[slide.slide_id])
         finally:
-            for name in ("probability", "mask"):
-                shutil.rmtree(self._work / f"{slide.slide_id}-{name}.zarr", ignore_errors=True)
+            shutil.rmtree(self._work / f"{slide.slide_id}-probability.zarr", ignore_errors=True)
             self._states.pop(slide.slide_id, None)
             self._finished.add(slide.slide_id)
             if self._overall is not None:
@@ -343,14 +341,10 @@ class SlidePredictionWriter:
             print(f"Dice (Kaggle, level 0): mean {mean:.4f} over {len(dice)} slide(s); per slide in {path}")
 
 
-def rle_dice(predicted: str, truth: str, shape: tuple[int, int], band: int = 1024) -> float:
-    """Kaggle Dice of two RLE masks of one slide, decoded a band of columns at a time."""
-    height, width = shape
-    runs = [parse_rle(rle, height * width) for rle in (predicted, truth)]
-    counts = DiceCounts()
-    for col in range(0, width, band):
-        counts.add(*(decode_columns(*r, height, col, min(col + band, width)) for r in runs))
-    return counts.dice
+def rle_dice(predicted: str, truth: str, shape: tuple[int, int]) -> float:
+    """Kaggle Dice of two RLE masks of one slide, from their runs."""
+    num_pixels = shape[0] * shape[1]
+    return DiceCounts.from_runs(parse_rle(predicted, num_pixels), parse_rle(truth, num_pixels)).dice
 
 
 def _preview_downsample(shape: tuple[int, int]) -> int:

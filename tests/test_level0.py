@@ -1,0 +1,119 @@
+"""The level-0 mask made band by band (scripts/level0.py): equal to upsampling the whole slide at
+once, in its RLE, its pyramidal TIFF, its area and its Dice; the rows held for the TIFF thread stay
+bounded; a failing TIFF thread or an abandoned slide never leaves a thread waiting."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+import torch.nn.functional as F
+import zarr
+from scripts import level0
+from scripts.level0 import Level0Mask, upsample_threshold
+from scripts.metrics import DiceCounts
+from scripts.pyramid import pool_mask
+from scripts.rle import rle_encode
+
+SCALE = 4
+WORKING = (700, 53)  # working-resolution probabilities
+SHAPE = (2797, 209)  # level 0: taller than the rows held for the TIFF thread (level0.HELD_ROWS), and not a
+                     # multiple of the scale, so the last working row and column reach past it
+
+
+def test_band_upsampling_equals_whole_image_upsampling():
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 100, (37, 153))
+    values[10:14, 20:35] = rng.integers(100, 256, (4, 15))  # a few hot spots, the rest below the threshold
+    values[9, 120] = values[30, 150] = 255  # one in the row above a band, one next to the last column
+    probability = values.astype(np.uint8)
+    source = torch.from_numpy(probability.astype(np.float32) / 255)[None, None]
+    whole = (F.interpolate(source, scale_factor=4, mode="bilinear", align_corners=False)[0, 0] > 0.5).numpy()
+    bands, groups = [], []
+    for row in range(0, 37, 5):  # bands of rows, each with a row of context above and below
+        first, stop = max(row - 1, 0), min(row + 6, 37)
+        found = upsample_threshold(probability[first:stop], slice(row - first, min(row + 5, 37) - first), 4, 0.5)
+        band = np.zeros(((min(row + 5, 37) - row) * 4, 153 * 4), bool)
+        for block, top, left in found:
+            band[top : top + block.shape[0], left : left + block.shape[1]] = block
+        bands.append(band)
+        groups.append(len(found))
+    np.testing.assert_array_equal(np.concatenate(bands, axis=0), whole)
+    assert groups == [0, 2, 2, 0, 0, 1, 1, 0]  # glass between far-apart hot spots is not upsampled
+    assert upsample_threshold(probability[:6], slice(0, 5), 4, 0.5) == []  # nothing hot there
+
+
+def working_probabilities(tmp_path) -> zarr.Array:
+    """Probabilities with a few hot spots (one on the last row and column), in a zarr array like the writer's."""
+    rng = np.random.default_rng(1)
+    values = rng.integers(0, 100, WORKING)
+    values[10:14, 20:35] = rng.integers(100, 256, (4, 15))
+    values[25:40, 5:12] = 250
+    values[600:610, 30:50] = 200
+    values[-1, -1] = values[-2, 40] = 255
+    probability = zarr.create_array(store=tmp_path / "p.zarr", shape=WORKING, chunks=(16, 16), dtype=np.uint8)
+    probability[:] = values.astype(np.uint8)
+    return probability
+
+
+def whole_slide_mask(probability: zarr.Array) -> np.ndarray:
+    source = torch.from_numpy(probability[:].astype(np.float32) / 255)[None, None]
+    upsampled = F.interpolate(source, scale_factor=SCALE, mode="bilinear", align_corners=False)[0, 0]
+    return (upsampled > 0.5).numpy()[: SHAPE[0], : SHAPE[1]]
+
+
+def test_a_mask_made_band_by_band_equals_the_whole_slide_upsampled_at_once(tmp_path):
+    probability = working_probabilities(tmp_path)
+    whole = whole_slide_mask(probability)
+    truth = np.zeros(SHAPE, bool)
+    truth[50:90, 70:150] = True
+    mask = Level0Mask(SHAPE, SCALE, 0.5, tmp_path / "mask.tiff")
+    for released in (1, 2, 9, 12, 30, 31, 60, 61, 200, 201, 500, 699, 700):
+        mask.extend(probability, released)
+    rle, counts, truth_thumb = mask.finish(rle_encode(truth), 8, "slide")
+    assert rle == rle_encode(whole) and mask.area == whole.sum() > 0
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "mask.tiff", level=0), whole * np.uint8(255))
+    expected = DiceCounts()
+    expected.add(whole, truth)
+    assert vars(counts) == vars(expected)
+    np.testing.assert_array_equal(truth_thumb, pool_mask(truth, 8))
+    assert mask.finish(None, 8, "slide") == (rle, None, None)
+
+
+def test_rows_are_held_for_the_tiff_thread_only_up_to_a_bound():
+    rows = level0._HeldRows((100, 10), limit=20)
+    rows.put(30, [(25, 2, np.ones((5, 3), bool))])  # nothing held yet: no wait
+    writer = threading.Thread(target=rows.put, args=(60, []))
+    writer.start()
+    writer.join(timeout=0.5)
+    assert writer.is_alive()  # 30 rows held: it waits for the reader
+    band = rows.read(0, 16)
+    writer.join(timeout=10)
+    assert not writer.is_alive()  # 14 rows held after the read: it went on
+    assert not band.any() and rows.read(16, 32)[9:14, 2:5].all() and rows.read(32, 60).sum() == 0
+
+
+def test_a_failing_tiff_thread_neither_hangs_the_writer_nor_goes_unreported(tmp_path, monkeypatch):
+    def disk_full(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(level0, "write_mask_tiff", disk_full)
+    probability = working_probabilities(tmp_path)
+    mask = Level0Mask(SHAPE, SCALE, 0.5, tmp_path / "mask.tiff")
+    writer = threading.Thread(target=lambda: [mask.extend(probability, released) for released in range(1, 701, 7)])
+    writer.start()
+    writer.join(timeout=30)
+    assert not writer.is_alive()
+    with pytest.raises(OSError, match="No space left"):
+        mask.finish(None, 8, "slide")
+
+
+def test_abandoning_a_slide_stops_its_tiff_thread_and_leaves_no_file(tmp_path):
+    probability = working_probabilities(tmp_path)
+    mask = Level0Mask(SHAPE, SCALE, 0.5, tmp_path / "masks" / "mask.tiff")
+    mask.extend(probability, 200)
+    mask.abort()  # returns only once the TIFF thread, waiting for rows, has stopped
+    assert list((tmp_path / "masks").iterdir()) == []
