@@ -202,6 +202,19 @@ def test_pseudo_labels_are_written_and_trained_on(trained, tmp_path):
     assert "label" in zarr.open_group(store, mode="r")
 
 
+def test_resuming_a_checkpoint_saved_with_other_settings_is_one_line_without_traceback(trained, tmp_path):
+    root, flags, _ = trained  # its last.pt was saved without a weight average
+    last = root / "models" / "last.pt"
+    saved = last.read_bytes()
+    result = bundle_run("training", [str(CONFIGS / "train.yaml")], *flags, *FAST, "--output_dir",
+                        str(tmp_path / "logs"), "--max_epochs", "2", "--ema_momentum", "0.01", check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stdout + result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {last} has no 'averaged_model' to resume from: it was saved by a run with other settings (such as "
+        "ema_momentum); start afresh with --resume false, or give this run its own --ckpt_dir")
+    assert last.read_bytes() == saved
+
+
 def test_missing_dataset_dir_is_one_line_without_traceback(tmp_path):
     result = bundle_run("training", [str(CONFIGS / "train.yaml")], "--dataset_dir", str(tmp_path / "none"),
                         "--cache_dir", str(tmp_path / "cache"), check=False)

@@ -4,10 +4,14 @@ model saved atomically, resuming a run that was cut short, and the moving averag
 from __future__ import annotations
 
 import json
+import logging
 import time
 
+import pytest
 import torch
 from ignite.engine import Engine, Events
+from monai.handlers import StatsHandler
+from scripts.errors import InputError
 from scripts.handlers import (
     BestModelSaver,
     LastModelSaver,
@@ -132,6 +136,27 @@ def test_training_checkpoint_resumes_model_optimizer_scheduler_and_epoch(tmp_pat
     assert epochs == [3, 4, 5]
     assert torch.allclose(network.weight, reference.weight)  # same as never interrupted
     assert optimizer.param_groups[0]["lr"] == reference_optimizer.param_groups[0]["lr"]
+
+
+@pytest.mark.parametrize("change", ["an average is asked for", "another network"])
+def test_a_checkpoint_saved_with_other_settings_stops_the_run_with_one_clear_line(tmp_path, caplog, capfd, change):
+    def trainer_with(objects):
+        trainer = Engine(lambda engine, batch: None)
+        TrainingCheckpoint(str(tmp_path / "last.pt"), objects).attach(trainer)
+        StatsHandler(iteration_log=False, name="train").attach(trainer)  # as train.yaml: after the checkpoint
+        return trainer
+
+    trainer_with({"model": torch.nn.Linear(3, 1), "averaged_model": None}).run(range(2), max_epochs=1)
+    objects = ({"model": torch.nn.Linear(3, 1), "averaged_model": torch.nn.Linear(3, 1)} if change.startswith("an")
+               else {"model": torch.nn.Linear(4, 1)})
+    with caplog.at_level(logging.INFO), pytest.raises(InputError) as raised:
+        trainer_with(objects).run(range(2), max_epochs=2)
+    message = str(raised.value)
+    assert str(tmp_path / "last.pt") in message and "--resume false" in message and "\n" not in message
+    assert ("'averaged_model'" if change.startswith("an") else "'model' does not fit") in message
+    printed = capfd.readouterr()
+    assert "Traceback" not in printed.out + printed.err  # no traceback logged on the way
+    assert not [record for record in caplog.records if record.exc_info]
 
 
 def test_weight_average_follows_the_training_steps_and_leaves_the_network_alone():

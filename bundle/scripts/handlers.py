@@ -15,6 +15,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import EMAHandler
 
 from .distributed import any_rank, is_main_process
+from .errors import InputError
 from .files import atomic_path, write_text_atomic
 
 __all__ = ["BestModelSaver", "LastModelSaver", "TrainingCheckpoint", "TrainingTimeLimit", "WeightAverage"]
@@ -158,8 +159,12 @@ class TrainingCheckpoint:
         self.resume = resume
 
     def attach(self, trainer: Engine) -> None:
+        """Resume when the trainer starts, save after every epoch; attach it before MONAI's
+        ``StatsHandler``, so a checkpoint it cannot resume from ends the run with one line (the
+        first handler of an exception that raises it again is the last one called)."""
         trainer.add_event_handler(Events.STARTED, self._load)
         trainer.add_event_handler(Events.EPOCH_COMPLETED, self._save)
+        trainer.add_event_handler(Events.EXCEPTION_RAISED, _raise)
 
     def _save(self, trainer: Engine) -> None:
         if not is_main_process():
@@ -173,8 +178,17 @@ class TrainingCheckpoint:
         if not (self.resume and self.path.is_file()):
             return
         state = torch.load(self.path, map_location="cpu", weights_only=True)
+        advice = "start afresh with --resume false, or give this run its own --ckpt_dir"
         for name, item in self.objects.items():
-            _unwrapped(item).load_state_dict(state[name])
+            if name not in state:
+                raise InputError(f"{self.path} has no {name!r} to resume from: it was saved by a run with other "
+                                 f"settings (such as ema_momentum); {advice}")
+            try:
+                _unwrapped(item).load_state_dict(state[name])
+            except (KeyError, RuntimeError, ValueError) as error:
+                reason = str(error).strip().splitlines()[0]
+                raise InputError(f"{self.path}: its {name!r} does not fit this run ({reason}): it was saved by a run "
+                                 f"with other settings (network, optimizer); {advice}") from None
         trainer.state.epoch = state["trainer"]["epoch"]
         trainer.state.iteration = state["trainer"]["iteration"]
         logger.info("resumed from %s: epoch %d done, going on to epoch %d", self.path, trainer.state.epoch,
@@ -206,6 +220,12 @@ class WeightAverage:
         """Update the average after every training step (nothing to do without one)."""
         if self._average is not None:
             self._average.attach(trainer, warn_if_exists=False)  # a resumed trainer has the momentum already
+
+
+def _raise(engine: Engine, error: Exception) -> None:
+    """Raise what stopped the run again at once: a later handler (MONAI's ``StatsHandler``) would log
+    its traceback, which bad input must not show; a bug's traceback still reaches the user from Python."""
+    raise error
 
 
 def _unwrapped(item):

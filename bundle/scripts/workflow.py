@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+from ignite.engine import Engine
 
 from .demo import ensure_demo
 from .distributed import barrier, is_main_process, rank_share
@@ -22,7 +23,7 @@ from .regions import REGION_CODES
 
 __all__ = [
     "SlideSet", "check_checkpoint", "evaluation_slides", "inference_slides", "pseudo_labelled_slides",
-    "report_prepared", "report_training", "training_slides",
+    "report_prepared", "report_training", "run_training", "training_slides",
 ]
 
 
@@ -206,6 +207,13 @@ def report_prepared(slides: SlideSet) -> None:
         shares = ", ".join(f"{names[int(c)]} {n / regions.size:.0%}" for c, n in zip(codes, counts))
         print(f"{slide.slide_id}: {slide.glomeruli} glomeruli; {shares}; {slide.store}")
     print(f"{len(slides.prepared)} slide(s) prepared, {len(slides.failed)} left out")
+
+
+@user_errors
+def run_training(trainer: Engine) -> None:
+    """Run the trainer; bad input met on the way (such as a ``last.pt`` saved with other settings)
+    ends the run with its one-line message."""
+    trainer.run()
 
 
 def report_training(ckpt_dir: str) -> None:
