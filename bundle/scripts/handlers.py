@@ -160,8 +160,9 @@ class TrainingCheckpoint:
 
     def attach(self, trainer: Engine) -> None:
         """Resume when the trainer starts, save after every epoch; attach it before MONAI's
-        ``StatsHandler``, so a checkpoint it cannot resume from ends the run with one line (the
-        first handler of an exception that raises it again is the last one called)."""
+        ``StatsHandler``, so a checkpoint it cannot resume from ends the run with one line: it
+        raises any exception of the run again at once, so handlers attached after it never see
+        one (ignite stops at the first that raises)."""
         trainer.add_event_handler(Events.STARTED, self._load)
         trainer.add_event_handler(Events.EPOCH_COMPLETED, self._save)
         trainer.add_event_handler(Events.EXCEPTION_RAISED, _raise)

@@ -1,12 +1,12 @@
 """A slide's level-0 mask, built while its working-resolution probabilities are still arriving.
 
 Each time rows of a slide's probabilities become final, the rows of the level-0 mask that depend
-on them only are made (bilinear upsampling, then the threshold). Only the rectangle around pixels
-above the threshold is made at all (bilinear values never exceed their neighbours'), which is a
-small part of a slide. Its runs go straight into the Kaggle RLE (column-major, joined across
-bands when the slide is complete) and the rectangle goes to a thread that writes the pyramidal
-mask TIFF as rows come; the writer waits when that thread falls more than a few tiles behind.
-The level-0 mask itself is never stored.
+on them only are made (bilinear upsampling, then the threshold). Only blocks around pixels above
+the threshold are made at all (bilinear values never exceed their neighbours'), a small part of a
+slide. Their runs go straight into the Kaggle RLE (column-major, joined across bands when the
+slide is complete) and the blocks go to a thread that writes the pyramidal mask TIFF as rows
+come; the writer waits when that thread falls two tiles behind. The level-0 mask itself is never
+stored.
 """
 
 from __future__ import annotations

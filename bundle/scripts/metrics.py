@@ -1,6 +1,7 @@
 """Dice the Kaggle way: per slide, then the mean over slides; 1.0 where prediction and truth are
 both empty. Counts are accumulated band by band, or taken from the masks' runs, so no whole-slide
-mask is ever needed; so are the small per-slide maps of prediction and truth that show where a slide's errors are.
+mask is ever needed; so are the small per-slide maps of prediction and truth that show where a
+slide's errors are.
 """
 
 from __future__ import annotations

@@ -96,7 +96,7 @@ def _tiles(read_band: BandReader, shape: tuple[int, int], channels: int, tile: i
 
 def _deflated(tiles: Iterator[np.ndarray], level: int | None) -> Iterator[bytes]:
     """Tiles deflated as TIFF stores them (``zlib``), the empty (all-zero) tile encoded only once:
-    most tiles of a mask, or of glass in a heatmap, are empty, and encoding them was most of the cost."""
+    most tiles of a mask, or of glass in a heatmap, are empty, and deflating each was wasted work."""
     empty = None
     for tile in tiles:
         if tile.any():
