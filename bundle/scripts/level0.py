@@ -205,11 +205,11 @@ class Level0Mask:
         if self._tiff_error is not None:
             raise self._tiff_error
         runs = self._runs.runs()
+        rle = runs_to_rle(*runs)
         if truth is None:
-            return runs_to_rle(*runs), None, None
+            return rle, None, None
         truth_runs = parse_rle(truth, self.shape[0] * self.shape[1], slide_id)
-        counts = DiceCounts.from_runs(runs, truth_runs)
-        return runs_to_rle(*runs), counts, _pooled_mask(truth_runs, self.shape, thumb_scale)
+        return rle, DiceCounts.from_runs(runs, truth_runs), _pooled_mask(truth_runs, self.shape, thumb_scale)
 
     def _write_tiff(self, path: Path) -> None:
         try:
