@@ -1,6 +1,7 @@
 """QuPath GeoJSON (scripts/annotations.py): reading lists and FeatureCollections, MultiPolygons and
-holes, rejecting broken files, rasterizing at a downscale and window, tracing masks back to polygons,
-writing QuPath files, and the real HuBMAP annotations of slide aaa6a05cc."""
+holes, rejecting broken files, rasterizing at a downscale and window, tracing masks back to polygons
+(whole, or tile by tile as rows arrive), writing QuPath files, and the real HuBMAP annotations of
+slide aaa6a05cc."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import json
 import numpy as np
 import pytest
 from conftest import shared_path
+from scripts import annotations as annotations_module
 from scripts.annotations import (
     Annotation,
+    PolygonTracer,
     mask_to_annotations,
     rasterize,
     read_annotations,
@@ -176,6 +179,39 @@ def test_mask_to_annotations_drops_small_objects_and_empty_masks():
     assert len(mask_to_annotations(mask, min_area=100)) == 1
     assert len(mask_to_annotations(mask, scale=4, min_area=100)) == 2  # areas count in level-0 pixels
     assert mask_to_annotations(np.zeros((10, 10), np.uint8)) == []
+
+
+def test_tracing_rows_as_they_arrive_finds_each_component_once_and_whole():
+    # tiles of 64 with a halo of 32: discs across tile borders and corners, one cut by the last row
+    mask = disc_mask((300, 260), [(60, 64, 20), (128, 130, 12), (190, 40, 25), (250, 200, 15), (296, 100, 10)])
+    mask[5, 250] = 1  # a speck, left out by min_area
+    final = [0]
+
+    def read(y0, x0, y1, x1):
+        assert y1 <= final[0], "read a row that was not final yet"
+        return mask[y0:y1, x0:x1] > 0
+
+    tracer = PolygonTracer(read, mask.shape, scale=2, tile=64, halo=32, min_area=40)
+    traced = []
+    for final[0] in [*range(0, 300, 37), 299, 300]:
+        tracer.extend(final[0])
+        traced.append(len(tracer.polygons))
+    whole = mask_to_annotations(mask, scale=2, min_area=40)
+    assert len(tracer.polygons) == len(whole) == 5
+    np.testing.assert_array_equal(rasterize(tracer.polygons, mask.shape, scale=0.5), rasterize(whole, mask.shape, scale=0.5))
+    assert traced[-2] >= 3  # most were traced before the last row came
+    tracer.extend(300)
+    assert len(tracer.polygons) == 5  # a second call traces nothing again
+
+
+def test_tracing_labels_only_tiles_that_hold_foreground(monkeypatch):
+    mask = disc_mask((500, 400), [(50, 50, 20)]) > 0  # in the first tile's window only
+    labelled = []
+    label = annotations_module.ndimage.label
+    monkeypatch.setattr(annotations_module.ndimage, "label", lambda window: labelled.append(window.shape) or label(window))
+    tracer = PolygonTracer(lambda y0, x0, y1, x1: mask[y0:y1, x0:x1], mask.shape, tile=128, halo=16)
+    tracer.extend(500)
+    assert len(tracer.polygons) == 1 and labelled == [(144, 144)]  # 1 of 16 tiles
 
 
 # --- writing -------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ import pytest
 import tifffile
 import torch
 import torch.nn.functional as F
-import zarr
 from scripts import level0
 from scripts.level0 import Level0Mask, upsample_threshold
 from scripts.metrics import DiceCounts
@@ -46,33 +45,38 @@ def test_band_upsampling_equals_whole_image_upsampling():
     assert upsample_threshold(probability[:6], slice(0, 5), 4, 0.5) == []  # nothing hot there
 
 
-def working_probabilities(tmp_path) -> zarr.Array:
-    """Probabilities with a few hot spots (one on the last row and column), in a zarr array like the writer's."""
+def working_probabilities() -> np.ndarray:
+    """``uint8`` probabilities with a few hot spots (one on the last row and column)."""
     rng = np.random.default_rng(1)
     values = rng.integers(0, 100, WORKING)
     values[10:14, 20:35] = rng.integers(100, 256, (4, 15))
     values[25:40, 5:12] = 250
     values[600:610, 30:50] = 200
     values[-1, -1] = values[-2, 40] = 255
-    probability = zarr.create_array(store=tmp_path / "p.zarr", shape=WORKING, chunks=(16, 16), dtype=np.uint8)
-    probability[:] = values.astype(np.uint8)
-    return probability
+    return values.astype(np.uint8)
 
 
-def whole_slide_mask(probability: zarr.Array) -> np.ndarray:
-    source = torch.from_numpy(probability[:].astype(np.float32) / 255)[None, None]
+def whole_slide_mask(probability: np.ndarray) -> np.ndarray:
+    source = torch.from_numpy(probability.astype(np.float32) / 255)[None, None]
     upsampled = F.interpolate(source, scale_factor=SCALE, mode="bilinear", align_corners=False)[0, 0]
     return (upsampled > 0.5).numpy()[: SHAPE[0], : SHAPE[1]]
 
 
+def give_rows(mask: Level0Mask, probability: np.ndarray, releases) -> None:
+    """Hand the mask the probabilities in bands ending at each of ``releases``."""
+    done = 0
+    for released in releases:
+        mask.extend(probability[done:released])
+        done = released
+
+
 def test_a_mask_made_band_by_band_equals_the_whole_slide_upsampled_at_once(tmp_path):
-    probability = working_probabilities(tmp_path)
+    probability = working_probabilities()
     whole = whole_slide_mask(probability)
     truth = np.zeros(SHAPE, bool)
     truth[50:90, 70:150] = True
     mask = Level0Mask(SHAPE, SCALE, 0.5, tmp_path / "mask.tiff")
-    for released in (1, 2, 9, 12, 30, 31, 60, 61, 200, 201, 500, 699, 700):
-        mask.extend(probability, released)
+    give_rows(mask, probability, (1, 2, 9, 12, 30, 31, 60, 61, 200, 201, 500, 699, 700))
     rle, counts, truth_thumb = mask.finish(rle_encode(truth), 8, "slide")
     assert rle == rle_encode(whole) and mask.area == whole.sum() > 0
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "mask.tiff", level=0), whole * np.uint8(255))
@@ -101,9 +105,9 @@ def test_a_failing_tiff_thread_neither_hangs_the_writer_nor_goes_unreported(tmp_
         raise OSError("No space left on device")
 
     monkeypatch.setattr(level0, "write_mask_tiff", disk_full)
-    probability = working_probabilities(tmp_path)
+    probability = working_probabilities()
     mask = Level0Mask(SHAPE, SCALE, 0.5, tmp_path / "mask.tiff")
-    writer = threading.Thread(target=lambda: [mask.extend(probability, released) for released in range(1, 701, 7)])
+    writer = threading.Thread(target=give_rows, args=(mask, probability, [*range(7, 700, 7), 700]))
     writer.start()
     writer.join(timeout=30)
     assert not writer.is_alive()
@@ -112,8 +116,17 @@ def test_a_failing_tiff_thread_neither_hangs_the_writer_nor_goes_unreported(tmp_
 
 
 def test_abandoning_a_slide_stops_its_tiff_thread_and_leaves_no_file(tmp_path):
-    probability = working_probabilities(tmp_path)
+    probability = working_probabilities()
     mask = Level0Mask(SHAPE, SCALE, 0.5, tmp_path / "masks" / "mask.tiff")
-    mask.extend(probability, 200)
+    mask.extend(probability[:200])
     mask.abort()  # returns only once the TIFF thread, waiting for rows, has stopped
+    assert list((tmp_path / "masks").iterdir()) == []
+
+
+def test_a_slide_whose_rows_stop_short_fails_with_a_message_instead_of_waiting(tmp_path):
+    probability = working_probabilities()
+    mask = Level0Mask(SHAPE, SCALE, 0.5, tmp_path / "masks" / "mask.tiff")
+    give_rows(mask, probability, (300, 699))
+    with pytest.raises(RuntimeError, match="slide: 699 of 700 working rows"):
+        mask.finish(None, 8, "slide")
     assert list((tmp_path / "masks").iterdir()) == []

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-import zarr
 
 from .metrics import DiceCounts
 from .outputs import write_mask_tiff
@@ -149,30 +148,37 @@ class Level0Mask:
     def __init__(self, shape: tuple[int, int], scale: int, threshold: float, tiff: Path) -> None:
         self.shape, self.scale, self.threshold = shape, scale, threshold
         self.area = 0
+        self._working_height = -(-shape[0] // scale)
         self._runs = BlockRunEncoder(shape)
         self._rows = _HeldRows(shape)
+        self._received = 0  # working rows given to extend()
         self._working_done = 0  # working rows already turned into level-0 rows
+        self._context = np.zeros((0, -(-shape[1] // scale)), np.uint8)  # working rows [max(done - 1, 0), received)
         self._tiff_error: BaseException | None = None
         self._tiff = threading.Thread(target=self._write_tiff, args=(tiff,), name="mask-tiff", daemon=True)
         self._tiff.start()
 
-    def extend(self, probability: zarr.Array, released: int) -> None:
-        """Make the level-0 rows that working rows ``[0, released)`` decide.
+    def extend(self, band: np.ndarray) -> None:
+        """Take the next final working rows and make the level-0 rows they decide.
 
         Args:
-            probability: the slide's ``uint8`` probabilities at the working resolution.
-            released: how many of its rows are final.
+            band: ``uint8`` probabilities (0-255) of the working rows after those already given,
+                the slide's full width.
         """
-        height = probability.shape[0]
-        # the last final row is context for the row below it, unless it is the slide's last row
-        stop = height if released >= height else released - 1
+        source = np.concatenate([self._context, band]) if len(self._context) else band
+        first = max(self._working_done - 1, 0)  # the working row source[0] is
+        self._received += len(band)
+        # the last row received is context for the row below it, unless it is the slide's last row
+        stop = self._working_height if self._received >= self._working_height else self._received - 1
         start = self._working_done
-        if stop <= start:
-            return
-        first = max(start - 1, 0)
-        source = probability[first : min(stop + 1, height)]
-        found = upsample_threshold(source, slice(start - first, stop - first), self.scale, self.threshold)
-        y0, y1 = start * self.scale, min(stop * self.scale, self.shape[0])
+        if stop > start:
+            found = upsample_threshold(source, slice(start - first, stop - first), self.scale, self.threshold)
+            self._add_blocks(found, start * self.scale, min(stop * self.scale, self.shape[0]))
+            self._working_done = stop
+        self._context = source[max(self._working_done - 1, 0) - first :]
+
+    def _add_blocks(self, found: list[tuple[np.ndarray, int, int]], y0: int, y1: int) -> None:
+        """Count and encode level-0 rows ``[y0, y1)`` (their foreground ``found``) and hand them to the TIFF thread."""
         blocks = []
         for block, top, left in found:
             top += y0
@@ -182,7 +188,6 @@ class Level0Mask:
                 self.area += int(block.sum())
                 self._runs.add(block, top, left)
                 blocks.append((top, left, block))
-        self._working_done = stop
         self._rows.put(y1, blocks)
 
     def abort(self) -> None:
@@ -200,7 +205,13 @@ class Level0Mask:
 
         Returns:
             ``(rle, Dice counts or None, truth at the preview scale or None)``.
+
+        Raises:
+            RuntimeError: not every working row was given to :meth:`extend`.
         """
+        if self._received < self._working_height:
+            self.abort()  # the TIFF thread would wait for the missing rows for ever
+            raise RuntimeError(f"{slide_id}: {self._received} of {self._working_height} working rows were made")
         self._tiff.join()
         if self._tiff_error is not None:
             raise self._tiff_error

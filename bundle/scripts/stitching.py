@@ -109,18 +109,27 @@ class BandStitcher:
         width: slide width at the working resolution.
         weights: ``(roi, roi)`` blend weights (:func:`blend_weights`).
         skipped: the background windows that are not run, row-major.
+        step: rows are released in bands that start and end on multiples of ``step`` (the last
+            band ends with the slide): a zarr store chunked by ``step`` rows is then written a
+            whole chunk at a time, where a band across a chunk boundary makes zarr read, decode
+            and encode the chunk again for each part.
     """
 
-    def __init__(self, height: int, width: int, weights: np.ndarray, skipped: list[tuple[int, int]] = ()) -> None:
+    def __init__(self, height: int, width: int, weights: np.ndarray, skipped: list[tuple[int, int]] = (),
+                 step: int = 1) -> None:
         self.height, self.width = height, width
         self.weights = weights
         self.roi = weights.shape[0]
+        self.step = step
         self._skipped = list(skipped)
         self._next_skipped = 0
         self._top = 0  # first slide row not yet released
-        # a ring of rows: slide row r lives in buffer row r % len(buffer), so releasing moves nothing
-        self._sum = np.zeros((2 * self.roi, width), np.float32)
-        self._weight = np.zeros((2 * self.roi, width), np.float32)
+        # a ring of rows: slide row r lives in buffer row r % len(buffer), so releasing moves nothing.
+        # It holds the rows held back for alignment (fewer than step) and a window below them, and
+        # is a whole number of steps, so an aligned band never wraps around its end.
+        rows = -(-(self.roi + step) // step) * step
+        self._sum = np.zeros((rows, width), np.float32)
+        self._weight = np.zeros((rows, width), np.float32)
 
     def add(self, probability: np.ndarray, y: int, x: int) -> Iterator[tuple[int, np.ndarray]]:
         """Add a window's ``(roi, roi)`` probabilities at working ``(y, x)``; yield rows now final.
@@ -165,8 +174,9 @@ class BandStitcher:
             self._weight[start : start + count, x + c0 : x + c1] += weights
 
     def _release(self, until: int) -> Iterator[tuple[int, np.ndarray]]:
-        """Hand on rows ``[top, until)`` and clear their place in the ring."""
-        until = min(until, self.height)
+        """Hand on rows ``[top, until)`` (``until`` rounded down to a step, unless it is the slide's
+        end) and clear their place in the ring."""
+        until = self.height if until >= self.height else until // self.step * self.step
         for row, start, count in self._segments(self._top, until):
             total, weight = self._sum[start : start + count], self._weight[start : start + count]
             yield row, np.divide(total, weight, out=np.zeros_like(weight), where=weight > 0)
@@ -181,11 +191,13 @@ class SlideStitchers:
     Args:
         weights: blend weights shared by every window.
         overlap: the windows' overlap (to rebuild each slide's grid of skipped windows).
+        step: rows are released in bands aligned to multiples of ``step`` (see :class:`BandStitcher`).
     """
 
-    def __init__(self, weights: np.ndarray, overlap: float) -> None:
+    def __init__(self, weights: np.ndarray, overlap: float, step: int = 1) -> None:
         self.weights = weights
         self.overlap = overlap
+        self.step = step
         self._open: dict[str, tuple[BandStitcher, int]] = {}
 
     def add(self, meta: dict, probability: np.ndarray) -> tuple[int, list[tuple[int, np.ndarray]], bool]:
@@ -206,7 +218,7 @@ class SlideStitchers:
         y, x = (int(v) // scale for v in meta["location"])
         if slide_id not in self._open:
             _, skipped = slide_windows(str(meta["store"]), shape, scale, len(self.weights), self.overlap)
-            self._open[slide_id] = (BandStitcher(*shape, self.weights, skipped), 0)
+            self._open[slide_id] = (BandStitcher(*shape, self.weights, skipped, self.step), 0)
         stitcher, seen = self._open[slide_id]
         num_windows = int(meta["num_windows"])
         bands = list(stitcher.add(probability, y, x))

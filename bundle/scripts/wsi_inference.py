@@ -5,10 +5,12 @@ Only windows that touch tissue are listed (a lookup in the slide's low-resolutio
 MONAI's DataLoader reads them through cuCIM in worker processes while the network runs on the
 previous batch. :class:`SlidePredictionWriter`, in a thread of its own, blends each window into
 its slide band by band (:mod:`scripts.stitching`), keeps the probabilities in a chunked zarr array
-at the working resolution and, as rows become final, makes the next rows of the slide's level-0
-mask, which go into its pyramidal TIFF and its RLE runs (:mod:`scripts.level0`). After the
-slide's last window another thread joins the RLE, scores it, traces the glomeruli and draws the
-preview while the next slide's windows are stitched. Nothing ever holds a whole slide at level 0.
+at the working resolution (bands aligned to its chunks, so each chunk is written once) and, as
+rows become final, makes the next rows of the slide's level-0 mask, which go into its pyramidal
+TIFF and its RLE runs (:mod:`scripts.level0`), and traces the glomeruli of the rows of tiles they
+complete (:class:`scripts.annotations.PolygonTracer`). After the slide's last window another
+thread joins the RLE, scores it, writes the polygons and draws the preview while the next
+slide's windows are stitched. Nothing ever holds a whole slide at level 0.
 
 Per slide, under ``output_dir``: ``rle/<id>.txt``, ``masks/<id>.tiff``, ``glomeruli/<id>.geojson``,
 ``previews/<id>.png``, optionally ``heatmaps/<id>.tiff``, and ``summaries/<id>.json`` last, which
@@ -35,7 +37,7 @@ import zarr
 from ignite.engine import Engine, Events
 from tqdm import tqdm
 
-from .annotations import trace_polygons, write_annotations
+from .annotations import PolygonTracer, write_annotations
 from .distributed import barrier, is_main_process, rank
 from .files import write_csv, write_text_atomic
 from .layout import report_problems
@@ -133,6 +135,7 @@ class _SlideState:
     slide: PreparedSlide
     probability: zarr.Array
     level0: Level0Mask
+    polygons: PolygonTracer
     bar: tqdm
     started: float = field(default_factory=time.monotonic)
     error: str = ""
@@ -168,7 +171,7 @@ class SlidePredictionWriter:
                  min_area: float = 2000.0) -> None:
         self.output_dir = Path(output_dir)
         self.slides = {slide.slide_id: slide for slide in slides}
-        self.stitchers = SlideStitchers(weights, overlap)
+        self.stitchers = SlideStitchers(weights, overlap, step=BAND)  # whole chunks of the probability store
         self.threshold = threshold
         self.truth = truth
         self.failed = dict(failed or {})
@@ -225,8 +228,9 @@ class SlidePredictionWriter:
             band = np.rint(band * 255).astype(np.uint8)
             state.probability[row : row + len(band)] = band
             state.confidence.add(band)
-        if bands and not state.error:
-            state.level0.extend(state.probability, bands[-1][0] + len(bands[-1][1]))
+            if not state.error:
+                state.level0.extend(band)
+                state.polygons.extend(row + len(band))
         if complete:
             self._finisher.submit(self._finish_slide, state)
 
@@ -238,8 +242,10 @@ class SlidePredictionWriter:
                 dtype=np.uint8, fill_value=0, overwrite=True,
             )
             level0 = Level0Mask(slide.shape, slide.downscale, self.threshold, self.output_dir / "masks" / f"{slide_id}.tiff")
+            polygons = PolygonTracer(lambda y0, x0, y1, x1: probability[y0:y1, x0:x1] > self.threshold * 255,
+                                     probability.shape, scale=slide.downscale, min_area=self.min_area)
             bar = tqdm(desc=slide_id, unit="window", leave=False)
-            self._states[slide_id] = _SlideState(slide, probability, level0, bar)
+            self._states[slide_id] = _SlideState(slide, probability, level0, polygons, bar)
         return self._states[slide_id]
 
     def _finish_slide(self, state: _SlideState) -> None:
@@ -248,7 +254,6 @@ class SlidePredictionWriter:
         try:
             if state.error:
                 raise RuntimeError(state.error)
-            state.level0.extend(state.probability, state.probability.shape[0])  # all rows are final now
             self._write_slide(state)
         except Exception as error:  # one slide's failure must not cost the others their results
             state.level0.abort()
@@ -267,8 +272,8 @@ class SlidePredictionWriter:
         thumbnail, thumb_scale = read_thumbnail(slide.image, _preview_downsample(slide.shape))
         truth = self.truth.get(name) if self.truth is not None else None
         rle, counts, truth_thumb = state.level0.finish(truth, thumb_scale, name)
-        polygons = trace_polygons(lambda y0, x0, y1, x1: probability[y0:y1, x0:x1] > self.threshold * 255,
-                                  probability.shape, scale=slide.downscale, min_area=self.min_area)
+        state.polygons.extend(probability.shape[0])  # the rows of tiles left (a slide without windows: all)
+        polygons = state.polygons.polygons
         write_annotations(self.output_dir / "glomeruli" / f"{name}.geojson", polygons)
         if self.save_heatmap:
             write_pyramid(self.output_dir / "heatmaps" / f"{name}.tiff", lambda y0, y1: probability[y0:y1],
@@ -302,7 +307,7 @@ class SlidePredictionWriter:
             raise self._worker_error
         for slide_id in self.slides:
             if slide_id not in self.done | self._finished | set(self.failed):
-                self._finish_slide(self._state(slide_id))  # no tissue window: an empty prediction
+                self._finish_empty_slide(self._state(slide_id))
         self._overall.close()
         self._score_reused()
         report_problems(self.failed)
@@ -310,6 +315,13 @@ class SlidePredictionWriter:
         if is_main_process():
             self._assemble()
         shutil.rmtree(self._work, ignore_errors=True)
+
+    def _finish_empty_slide(self, state: _SlideState) -> None:
+        """A slide without a tissue window: an empty prediction, its rows made a band at a time."""
+        height, width = state.probability.shape
+        for row in range(0, height, BAND):
+            state.level0.extend(np.zeros((min(BAND, height - row), width), np.uint8))
+        self._finish_slide(state)
 
     def _score_reused(self) -> None:
         """Dice for slides done by an earlier run, when this run has a truth to score them against."""
