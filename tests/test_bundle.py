@@ -228,3 +228,11 @@ def test_missing_checkpoint_is_one_line_without_traceback(trained, tmp_path):
                         str(tmp_path / "none.pt"), "--output_dir", str(tmp_path / "out"), check=False)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "none.pt not found: train first" in result.stderr.strip().splitlines()[-1]
+
+
+def test_a_checkpoint_of_another_network_is_one_line_without_traceback(trained, tmp_path):
+    _, flags, _ = trained  # a UNet with channels 16-256, run here as one with channels 8-128
+    result = bundle_run("inference", [str(CONFIGS / "inference.yaml")], *flags, "--network_def#channels",
+                        "[8,16,32,64,128]", "--output_dir", str(tmp_path / "out"), check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "holds the weights of another network (" in result.stderr.strip().splitlines()[-1]

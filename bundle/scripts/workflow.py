@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 import zarr
 from ignite.engine import Engine
 
@@ -177,11 +178,14 @@ def evaluation_slides(dataset_dir: str, demo_dir: str, cache_dir: str, downscale
 
 
 @user_errors
-def check_checkpoint(ckpt_path: str) -> str:
-    """Fail with one line when the checkpoint to load is missing.
+def check_checkpoint(ckpt_path: str, network: torch.nn.Module | None = None) -> str:
+    """Fail with one line when the checkpoint to load is missing, unreadable, or holds the weights
+    of another network (a model trained with a recipe, run without it), instead of the loader's traceback.
 
     Args:
         ckpt_path: the ``model.pt`` to load.
+        network: the config's network, to check the weights against; a TorchScript network
+            (``inference_ts.yaml``) carries its own weights and is not checked.
 
     Returns:
         ``ckpt_path``.
@@ -191,7 +195,38 @@ def check_checkpoint(ckpt_path: str) -> str:
             f"checkpoint {ckpt_path} not found: train first (python -m monai.bundle run training --config_file "
             "bundle/configs/train.yaml) or pass --ckpt_path"
         )
+    if network is None or isinstance(network, torch.jit.ScriptModule):
+        return ckpt_path
+    try:
+        weights = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises RuntimeError, pickle and zip errors alike for a file that is not a checkpoint
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"checkpoint {ckpt_path} cannot be read ({reason}): pass a model.pt saved by training") from None
+    if isinstance(weights, dict) and isinstance(weights.get("model"), dict):  # a last.pt, as MONAI's loader reads it
+        weights = weights["model"]
+    mismatch = _weights_mismatch(weights, network.state_dict())
+    if mismatch:
+        raise InputError(
+            f"checkpoint {ckpt_path} holds the weights of another network ({mismatch}): run with the network recipe it "
+            "was trained with merged over this config (e.g. --config_file \"['bundle/configs/inference.yaml',"
+            "'bundle/configs/flexunet_resnext.yaml']\") or pass the checkpoint of this network"
+        )
     return ckpt_path
+
+
+def _weights_mismatch(weights: object, expected: dict[str, torch.Tensor]) -> str:
+    """What keeps ``weights`` from loading into a network whose state dict is ``expected`` ("" when nothing)."""
+    if not isinstance(weights, dict) or not all(isinstance(value, torch.Tensor) for value in weights.values()):
+        return "not a dictionary of weights"
+    missing, extra = sorted(expected.keys() - weights.keys()), sorted(weights.keys() - expected.keys())
+    reshaped = [key for key in sorted(expected.keys() & weights.keys()) if weights[key].shape != expected[key].shape]
+    if missing or extra:
+        return f"{len(missing)} of the network's weights missing, {len(extra)} unknown, e.g. {(missing or extra)[0]!r}"
+    if reshaped:
+        key = reshaped[0]
+        return (f"{len(reshaped)} weights of another shape, e.g. {key!r}: {tuple(weights[key].shape)} "
+                f"instead of {tuple(expected[key].shape)}")
+    return ""
 
 
 def report_prepared(slides: SlideSet) -> None:
