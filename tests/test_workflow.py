@@ -121,9 +121,10 @@ def test_a_checkpoint_of_another_network_is_one_line_saying_which_recipe_to_run_
     assert message.endswith("or pass the checkpoint of this network") and "flexunet_resnext.yaml" in message
 
 
-def test_a_file_that_is_not_a_checkpoint_is_one_line(tmp_path):
-    (tmp_path / "model.pt").write_text("not a checkpoint")
-    with pytest.raises(SystemExit, match=r"model.pt cannot be read \(.*\): pass a model.pt saved by training"):
+@pytest.mark.parametrize("content", [b"not a checkpoint", b"", b"PK\x03\x04 a broken zip"])
+def test_a_file_that_is_not_a_checkpoint_is_one_line(tmp_path, content):
+    (tmp_path / "model.pt").write_bytes(content)
+    with pytest.raises(SystemExit, match=r"model.pt cannot be read as PyTorch weights \(\w+\): pass a model.pt saved by training$"):
         check_checkpoint(str(tmp_path / "model.pt"), small_unet())
 
 

@@ -7,6 +7,7 @@ a slide that cannot be used is reported and left out rather than stopping the ot
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -199,9 +200,9 @@ def check_checkpoint(ckpt_path: str, network: torch.nn.Module | None = None) -> 
         return ckpt_path
     try:
         weights = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises RuntimeError, pickle and zip errors alike for a file that is not a checkpoint
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(f"checkpoint {ckpt_path} cannot be read ({reason}): pass a model.pt saved by training") from None
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as error:  # not a checkpoint file
+        raise InputError(f"checkpoint {ckpt_path} cannot be read as PyTorch weights ({type(error).__name__}): pass a "
+                         "model.pt saved by training") from None
     if isinstance(weights, dict) and isinstance(weights.get("model"), dict):  # a last.pt, as MONAI's loader reads it
         weights = weights["model"]
     mismatch = _weights_mismatch(weights, network.state_dict())
