@@ -166,7 +166,7 @@ class Level0Mask:
                 the slide's full width.
         """
         source = np.concatenate([self._context, band]) if len(self._context) else band
-        first = max(self._working_done - 1, 0)  # the working row source[0] is
+        first = max(self._working_done - 1, 0)  # the working row that source[0] holds
         self._received += len(band)
         # the last row received is context for the row below it, unless it is the slide's last row
         stop = self._working_height if self._received >= self._working_height else self._received - 1
