@@ -1,8 +1,9 @@
 """The window inferer (scripts/inferers.py): uint8 windows scaled on the way in, channels-last
-layout, and flip TTA as the mean of the flipped-back outputs."""
+layout, flip TTA as the mean of the flipped-back outputs, and the warm-up thread."""
 
 from __future__ import annotations
 
+import scripts.inferers
 import torch
 from scripts.inferers import WindowInferer
 
@@ -36,3 +37,25 @@ def test_flip_tta_is_the_mean_of_the_four_flipped_back_outputs():
         tta = WindowInferer(amp=False, tta=True)(inputs, model)
     torch.testing.assert_close(tta, sum(flipped) / 4)
     assert not torch.allclose(tta, flipped[0])  # the flips do change this network's output
+
+
+def test_warm_up_runs_in_a_thread_and_leaves_the_weights_loaded_after_it(monkeypatch):
+    monkeypatch.setattr(scripts.inferers, "WARM_UP_DEVICES", ("cpu",))  # the GPU path, on the CPU
+    inferer, model, trained = WindowInferer(amp=False), network(), network()
+    with torch.no_grad():
+        trained[0].weight.mul_(2)
+    inferer.warm_up(model, batch_size=2, roi=16, device="cpu")
+    assert inferer._warming is not None  # started, not run in line
+    model.load_state_dict(trained.state_dict())  # as the checkpoint loader does, maybe while it runs
+    inputs = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        output = inferer(inputs, model)
+        torch.testing.assert_close(output, trained(inputs))
+    assert inferer._warming is None  # the call waited for it
+    assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_warm_up_does_nothing_on_a_cpu():
+    inferer = WindowInferer()
+    inferer.warm_up(network(), batch_size=2, roi=16, device="cpu")
+    assert inferer._warming is None
