@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,6 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import tifffile
 import torch
 from common import BUNDLE, peak_rss_mib, tiled_slide
 
@@ -131,6 +133,8 @@ def main() -> None:
     parser.add_argument("--tta", default="false", choices=["true", "false"],
                         help="flip TTA in ours and the network-alone run (the stock approach has none)")
     parser.add_argument("--slide-compression", default="jpeg", choices=["jpeg", "zlib"])
+    parser.add_argument("--work-dir", help="keep the slide and every run's outputs here (default: a temporary folder); "
+                        "a slide already there is reused, e.g. to profile one variant with --variant ours --work")
     parser.add_argument("--variant", choices=["ours", "network", "stock", "stock_mixed"], help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--windows", type=int, default=0, help=argparse.SUPPRESS)
@@ -146,11 +150,16 @@ def main() -> None:
     if not Path(args.ckpt).is_file():
         sys.exit(f"no checkpoint at {args.ckpt}: train first (README's first command) or pass --ckpt")
     with tempfile.TemporaryDirectory(prefix="bench-") as folder:
-        work = Path(folder)
-        (work / "data" / "test").mkdir(parents=True)
-        source = sorted((Path(args.demo) / "test").glob("*.tiff"))[0]
-        height, width = tiled_slide(work / "data" / "test" / "bench.tiff", source, args.rows, args.cols, args.glass,
-                                    compression=args.slide_compression)
+        work = Path(args.work_dir or folder)
+        slide = work / "data" / "test" / "bench.tiff"
+        if slide.is_file():
+            height, width = tifffile.TiffFile(slide).pages[0].shape[:2]
+        else:
+            slide.parent.mkdir(parents=True, exist_ok=True)
+            source = sorted((Path(args.demo) / "test").glob("*.tiff"))[0]
+            height, width = tiled_slide(slide, source, args.rows, args.cols, args.glass,
+                                        compression=args.slide_compression)
+        shutil.rmtree(work / "cache", ignore_errors=True)  # ours prepares the slide as a first run does
         ours = child(args, "ours", work)
         network = child(args, "network", work, ours["windows"])
         stock = child(args, "stock", work)
