@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
+import torch
 import zarr
 from ignite.engine import Engine, Events
 from tqdm import tqdm
@@ -206,8 +207,11 @@ class SlidePredictionWriter:
 
         The queue is bounded: when the worker falls behind, the network waits instead of memory growing.
         """
-        for item in engine.state.output:
-            self._queue.put((dict(item["image"].meta), item["pred"][0].detach().float().cpu().numpy()))
+        items = engine.state.output
+        # one copy off the device for the whole batch: on a GPU each copy waits for the device
+        predictions = torch.stack([item["pred"][0].detach() for item in items]).float().cpu().numpy()
+        for item, prediction in zip(items, predictions):
+            self._queue.put((dict(item["image"].meta), prediction))
 
     def _drain(self) -> None:
         """Worker thread: stitch windows and write slides until told to stop (``None``)."""
