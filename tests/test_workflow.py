@@ -3,7 +3,10 @@ bad slide never costs the others."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
+import scripts.workflow
 from conftest import disc_slide, write_slide
 from scripts.files import write_csv
 from scripts.rle import rle_encode
@@ -49,6 +52,19 @@ def test_bad_rows_are_reported_and_the_good_slides_prepared(tmp_path):
     assert "past the image" in reasons["toolong"]
     assert all("\n" not in reason for reason in reasons.values())
     assert set(slides.truth) == {"good1", "good2"}
+
+
+def test_slides_are_prepared_several_at_a_time_and_kept_in_listing_order(tmp_path, monkeypatch):
+    root = make_dataset(tmp_path / "data")
+    together, real = threading.Barrier(2, timeout=30), scripts.workflow.prepare_slide
+
+    def meet_then_prepare(*args, **kwargs):
+        together.wait()  # passed only when both training slides are being prepared at once
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(scripts.workflow, "prepare_slide", meet_then_prepare)
+    slides = prepare(root, tmp_path)
+    assert list(slides.prepared) == ["good1", "good2"] and set(slides.truth) == {"good1", "good2"}
 
 
 def test_missing_dataset_dir_says_how_to_use_the_demo(tmp_path):

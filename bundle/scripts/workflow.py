@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,8 @@ __all__ = [
     "SlideSet", "check_checkpoint", "evaluation_slides", "inference_slides", "pseudo_labelled_slides",
     "report_prepared", "report_training", "run_training", "training_slides",
 ]
+
+PREPARE_WORKERS = 4  # slides prepared at the same time
 
 
 @dataclass
@@ -77,17 +80,25 @@ def _prepare_all(folder: HubmapFolder, split: str, listed: dict[str, tuple[Path,
         share: prepare only this rank's share.
     """
     result = SlideSet(truth={} if labelled else None, listed=list(listed))
-    for slide_id in rank_share(list(listed)) if share else listed:
+    ids = rank_share(list(listed)) if share else list(listed)
+
+    def prepare(slide_id: str) -> PreparedSlide:
         image, rle = listed[slide_id]
         polygons = folder.annotation_path(split, slide_id, "glomeruli") if labelled and rle is None else None
+        return prepare_slide(slide_id, image, cache_dir, downscale, rle, tissue, polygons,
+                             folder.annotation_path(split, slide_id, "regions"))
+
+    # several slides at once: each waits mostly on its cuCIM probe (a child process) and on native code
+    with ThreadPoolExecutor(max(min(PREPARE_WORKERS, len(ids)), 1), thread_name_prefix="prepare") as pool:
+        futures = {slide_id: pool.submit(prepare, slide_id) for slide_id in ids}
+    for slide_id, future in futures.items():
         try:
-            result.prepared[slide_id] = prepare_slide(slide_id, image, cache_dir, downscale, rle, tissue, polygons,
-                                                      folder.annotation_path(split, slide_id, "regions"))
+            result.prepared[slide_id] = future.result()
         except InputError as error:
             result.failed[slide_id] = str(error)
             continue
-        if labelled and rle is not None:
-            result.truth[slide_id] = rle
+        if labelled and listed[slide_id][1] is not None:
+            result.truth[slide_id] = listed[slide_id][1]
     result.failed.update(folder.problems)
     result.listed += [key for key in folder.problems if is_safe_id(key) and key not in result.listed]
     return result
