@@ -153,7 +153,8 @@ def main() -> None:
         work = Path(args.work_dir or folder)
         slide = work / "data" / "test" / "bench.tiff"
         if slide.is_file():
-            height, width = tifffile.TiffFile(slide).pages[0].shape[:2]
+            with tifffile.TiffFile(slide) as tif:
+                height, width = tif.pages[0].shape[:2]
         else:
             slide.parent.mkdir(parents=True, exist_ok=True)
             source = sorted((Path(args.demo) / "test").glob("*.tiff"))[0]

@@ -13,6 +13,7 @@ are prepared.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 
@@ -21,6 +22,8 @@ from monai.data import MetaTensor
 from monai.inferers import Inferer
 
 __all__ = ["WindowInferer", "mixed_precision"]
+
+logger = logging.getLogger(__name__)
 
 FLIPS = ((), (2,), (3,), (2, 3))
 WARM_UP_DEVICES = ("cuda",)  # where a network's first batch loads kernels worth overlapping
@@ -84,8 +87,8 @@ class WindowInferer(Inferer):
             with torch.no_grad():
                 self._run(blank, network)
             torch.cuda.synchronize(blank.device)
-        except Exception:  # noqa: BLE001 - only a warm-up: the real first batch reports whatever is wrong
-            pass
+        except Exception as error:  # noqa: BLE001 - only a warm-up: the real first batch reports whatever is wrong
+            logger.debug("warm-up batch failed (%s); the first batch will say why", error)
 
     def _set_layout(self, network: Callable[..., torch.Tensor]) -> None:
         if self.channels_last and isinstance(network, torch.nn.Module):

@@ -66,8 +66,8 @@ def open_dataset(dataset_dir: str, demo_dir: str) -> HubmapFolder:
 
 def _prepare_all(folder: HubmapFolder, split: str, listed: dict[str, tuple[Path, str | None]], cache_dir: str,
                  downscale: int, tissue: dict | None, labelled: bool, share: bool = False) -> SlideSet:
-    """Prepare every listed slide (this rank's share of them when ``share``), keeping going past
-    the ones that fail.
+    """Prepare every listed slide (this rank's share of them when ``share``), ``PREPARE_WORKERS``
+    at a time, keeping going past the ones that fail.
 
     Args:
         folder: the dataset.
