@@ -85,7 +85,7 @@ class WindowInferer(Inferer):
     def _run_blank(self, blank: torch.Tensor, network: torch.nn.Module) -> None:
         try:
             with torch.no_grad():
-                self._run(blank, network)
+                self._forward(self._prepared(blank), network)  # the layout is set: weights are not touched here
             torch.cuda.synchronize(blank.device)
         except Exception as error:  # noqa: BLE001 - only a warm-up: the real first batch reports whatever is wrong
             logger.debug("warm-up batch failed (%s); the first batch will say why", error)
@@ -95,12 +95,21 @@ class WindowInferer(Inferer):
             network.to(memory_format=torch.channels_last)
 
     def _run(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args, **kwargs) -> torch.Tensor:
+        inputs = self._prepared(inputs)
+        if self.channels_last and inputs.ndim == 4:
+            self._set_layout(network)
+        return self._forward(inputs, network, *args, **kwargs)
+
+    def _prepared(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Plain tensor, 0-1, in the layout the network runs in."""
         inputs = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
         if inputs.dtype == torch.uint8:  # 0-255 pixels, passed on as they were read: scaled to 0-1 here
             inputs = inputs.float().div_(255)
         if self.channels_last and inputs.ndim == 4:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
-            self._set_layout(network)
+        return inputs
+
+    def _forward(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args, **kwargs) -> torch.Tensor:
         total = None
         with mixed_precision(inputs.device, self.amp):
             for dims in self.flips:
