@@ -5,6 +5,8 @@ files through, caching conversions, one-line errors for broken files, and thumbn
 from __future__ import annotations
 
 import os
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -227,6 +229,34 @@ def test_thumbnail_is_the_coarsest_level_within_the_limit(tmp_path, max_downsamp
     assert downsample == expected
     assert thumbnail.dtype == np.uint8 and thumbnail.shape == (*level_shape(SHAPE, expected.bit_length() - 1), 3)
     np.testing.assert_array_equal(thumbnail, pages[expected.bit_length() - 1])
+
+
+def test_thumbnails_read_in_several_threads_take_turns_in_cucim(tmp_path, monkeypatch):
+    """cuCIM crashed (rarely) when threads of one process opened slides at once, as preparing four
+    slides at a time did: the reads must not overlap, and each thread still gets its own slide."""
+    from monai.data import WSIReader
+
+    paths = [write_pyramid(tmp_path / f"s{i}.tiff", lambda y0, y1, i=i: (RGB[y0:y1] // (i + 1)), SHAPE, tile=256,
+                           compression="lzw") for i in range(4)]
+    inside, most = [0], [0]
+    real_read = WSIReader.read
+
+    def read_counting(self, *args, **kwargs):
+        inside[0] += 1
+        most[0] = max(most[0], inside[0])
+        time.sleep(0.05)  # long enough for another thread to enter, were it allowed
+        try:
+            return real_read(self, *args, **kwargs)
+        finally:
+            inside[0] -= 1
+
+    monkeypatch.setattr(WSIReader, "read", read_counting)
+    with ThreadPoolExecutor(4) as pool:
+        thumbnails = list(pool.map(read_thumbnail, paths))
+    assert most[0] == 1
+    for i, (thumbnail, downsample) in enumerate(thumbnails):
+        np.testing.assert_array_equal(thumbnail, read_thumbnail(paths[i], downsample)[0])
+        assert thumbnail.mean() == pytest.approx(thumbnails[0][0].mean() / (i + 1), abs=2)
 
 
 # --- hostile files --------------------------------------------------------------------------------

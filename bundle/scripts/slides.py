@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,10 @@ logger = logging.getLogger(__name__)
 # Compressions cuCIM decodes on the CPU (measured); anything else goes through conversion.
 CUCIM_COMPRESSIONS = {1: "none", 5: "lzw", 7: "jpeg", 8: "deflate", 32946: "deflate"}
 MAX_PIXELS = 2**34  # about 130000 x 130000: larger headers are corrupt or hostile, not slides
+# Slides are prepared several at a time (in threads), and cuCIM opening slides in several threads of
+# one process at once crashed it (a segfault in about 1 of 30 runs of 16 threads' first reads), so the
+# process's own cuCIM reads take turns; the probes stay parallel in their child processes.
+CUCIM_READ_LOCK = threading.Lock()
 BOMB_RATIO = 5000  # real slides compress far less, even mostly blank ones (JPEG glass: about 300 to 1)
 BOMB_MIN_BYTES = 2**28  # small images may compress further (a blank test image) without harm
 MAX_CHUNK_BYTES = 2**30  # a strip or tile is decoded whole: beyond this, memory would not stay bounded
@@ -179,8 +184,9 @@ def read_thumbnail(path: str | os.PathLike, max_downsample: int = 32) -> tuple[n
     while downsample * 2 <= max_downsample and level_shape(layout.shape, _log2(downsample * 2)) in layout.levels:
         downsample *= 2
         level = layout.levels.index(level_shape(layout.shape, _log2(downsample)))
-    reader = WSIReader(backend="cucim", level=level)
-    image, _ = reader.get_data(reader.read(str(path)), level=level)
+    with CUCIM_READ_LOCK:
+        reader = WSIReader(backend="cucim", level=level)
+        image, _ = reader.get_data(reader.read(str(path)), level=level)
     return np.ascontiguousarray(np.moveaxis(np.asarray(image), 0, -1)), downsample
 
 
