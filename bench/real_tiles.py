@@ -6,6 +6,7 @@ tile-grouped 4-fold cross-validation over the 16 AIDPATH PAS tiles (1024 x 1024,
     python bench/real_tiles.py --folds 0 --minutes 1    # smoke run (a few minutes)
     python bench/real_tiles.py --override downscale=1   # a variant: passed to training and evaluation
     python bench/real_tiles.py --train-override loss#batch=True  # a training-only setting
+    python bench/real_tiles.py --override network_def#norm=None  # None (or null) sets null
 
 What it measures: for each fold, 12 tiles are the training set and 4 are held out. The bundle is
 trained exactly as a user would (``python -m monai.bundle run training --config_file
@@ -114,7 +115,8 @@ def bundle_command(workflow: str, configs: str, options: dict[str, str], overrid
         command += [f"--{key}", value]
     for override in overrides:
         key, _, value = override.partition("=")
-        command += [f"--{key}", value]
+        # MONAI's CLI silently ignores an option whose value parses as None: pass null as an expression
+        command += [f"--{key}", "$None" if value in ("None", "null") else value]
     return command
 
 

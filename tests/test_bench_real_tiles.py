@@ -3,6 +3,7 @@ meant for. (Its training runs take an hour; they are run by hand, not here.)"""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -25,3 +26,20 @@ def test_training_gets_both_kinds_of_override_and_evaluation_only_the_shared_one
     assert trained["seed"] == "1" and trained["loss#batch"] == "True" and trained["max_train_minutes"] == "15"
     assert "seed" not in evaluated and "loss#batch" not in evaluated
     assert evaluated["ckpt_path"] == str(tmp_path / "models" / "model.pt") == str(Path(trained["ckpt_dir"]) / "model.pt")
+
+
+def test_a_null_setting_is_passed_as_an_expression_because_the_cli_drops_none(tmp_path):
+    train, evaluate = fold_commands(tmp_path, 15, ["network_def#norm=None"], ["ema_momentum=null"])
+    trained, evaluated = options(train[5:]), options(evaluate[5:])
+    assert trained["network_def#norm"] == evaluated["network_def#norm"] == "$None"
+    assert trained["ema_momentum"] == "$None"
+
+
+def test_the_bundle_cli_ignores_none_and_applies_the_null_expression(tmp_path):
+    """Why the benchmark rewrites None: MONAI's CLI drops it, so the config's value would stand."""
+    config = tmp_path / "config.yaml"
+    config.write_text("value: 1\nshow: \"$print('value', @value)\"\n")
+    for given, shown in (("None", "value 1"), ("$None", "value None")):
+        command = [sys.executable, "-m", "monai.bundle", "run", "show", "--config_file", str(config), "--value", given]
+        output = subprocess.run(command, capture_output=True, text=True, check=True, cwd=tmp_path).stdout
+        assert shown in output.splitlines()
