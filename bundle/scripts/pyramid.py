@@ -127,13 +127,17 @@ class _Deflater:
             self._empty = imagecodecs.zlib_encode(np.ascontiguousarray(tile), self.level)
         return self._empty
 
+    def queue(self, pending: deque[Future | bytes], tile: np.ndarray) -> Iterator[bytes]:
+        """Start deflating ``tile`` behind ``pending``; yield, in order, the tiles it pushes past the lookahead."""
+        pending.append(self.submit(tile))
+        while len(pending) > self.lookahead:
+            yield _encoded(pending.popleft())
+
     def in_order(self, tiles: Iterator[np.ndarray]) -> Iterator[bytes]:
         """Deflated tiles in their order, a bounded number of them in flight."""
         pending: deque[Future | bytes] = deque()
         for tile in tiles:
-            pending.append(self.submit(tile))
-            while len(pending) > self.lookahead:
-                yield _encoded(pending.popleft())
+            yield from self.queue(pending, tile)
         while pending:
             yield _encoded(pending.popleft())
 
@@ -174,20 +178,18 @@ class _SpilledLevel:
         rows = np.concatenate(self._rows) if len(self._rows) > 1 else self._rows[0]
         self._rows = []
         for tile in _row_of_tiles(rows, self.tile):
-            self._pending.append(self.deflater.submit(tile))
-        while len(self._pending) > self.deflater.lookahead:
-            self._spill(self._pending.popleft())
+            for data in self.deflater.queue(self._pending, tile):
+                self._spill(data)
         return rows
 
-    def _spill(self, item: Future | bytes) -> None:
-        data = _encoded(item)
+    def _spill(self, data: bytes) -> None:
         self._file.write(data)
         self._sizes.append(len(data))
 
     def tiles(self) -> Iterator[bytes]:
         """The level's deflated tiles in order, read back from the scratch file."""
         while self._pending:
-            self._spill(self._pending.popleft())
+            self._spill(_encoded(self._pending.popleft()))
         self._file.seek(0)
         for size in self._sizes:
             yield self._file.read(size)
