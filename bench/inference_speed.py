@@ -21,6 +21,7 @@ trained model (train first: the README's first command), so predictions look lik
     python bench/inference_speed.py                    # CPU
     python bench/inference_speed.py --tta true         # ours and the network alone with flip TTA (inference's default)
     python bench/inference_speed.py --device cuda --batch 32
+    python bench/inference_speed.py --repeats 3        # medians of 3 rounds, on a noisy machine
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,6 +42,7 @@ import torch
 from common import BUNDLE, peak_rss_mib, tiled_slide
 
 CONFIG = BUNDLE / "configs" / "inference.yaml"
+VARIANTS = ("ours", "network", "stock", "stock_mixed")
 
 
 def overrides(args: argparse.Namespace, work: Path) -> dict:
@@ -118,6 +121,20 @@ def child(args: argparse.Namespace, variant: str, work: Path, windows: int = 0) 
     return json.loads(output.strip().splitlines()[-1])
 
 
+def measure_once(args: argparse.Namespace, work: Path) -> dict[str, dict]:
+    """One round: every variant once, in turn, ours first (from an empty cache, as a first run)."""
+    shutil.rmtree(work / "cache", ignore_errors=True)
+    ours = child(args, "ours", work)
+    return {"ours": ours, "network": child(args, "network", work, ours["windows"]),
+            "stock": child(args, "stock", work), "stock_mixed": child(args, "stock_mixed", work)}
+
+
+def median_run(results: list[dict]) -> dict:
+    """A variant's rounds as one: the median time, the highest peak memory, the rest as measured."""
+    return {**results[0], "seconds": statistics.median(r["seconds"] for r in results),
+            "peak_mib": max(r["peak_mib"] for r in results)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt", default=str(BUNDLE / "models" / "model.pt"))
@@ -133,9 +150,11 @@ def main() -> None:
     parser.add_argument("--tta", default="false", choices=["true", "false"],
                         help="flip TTA in ours and the network-alone run (the stock approach has none)")
     parser.add_argument("--slide-compression", default="jpeg", choices=["jpeg", "zlib"])
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="rounds of all variants; times are their medians (the machine may be shared and noisy)")
     parser.add_argument("--work-dir", help="keep the slide and every run's outputs here (default: a temporary folder); "
                         "a slide already there is reused, e.g. to profile one variant with --variant ours --work")
-    parser.add_argument("--variant", choices=["ours", "network", "stock", "stock_mixed"], help=argparse.SUPPRESS)
+    parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--windows", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -147,6 +166,8 @@ def main() -> None:
         print(json.dumps({**run(), "peak_mib": peak_rss_mib()}))
         return
 
+    if args.repeats < 1:
+        sys.exit(f"--repeats must be at least 1, got {args.repeats}")
     if not Path(args.ckpt).is_file():
         sys.exit(f"no checkpoint at {args.ckpt}: train first (README's first command) or pass --ckpt")
     with tempfile.TemporaryDirectory(prefix="bench-") as folder:
@@ -160,16 +181,17 @@ def main() -> None:
             source = sorted((Path(args.demo) / "test").glob("*.tiff"))[0]
             height, width = tiled_slide(slide, source, args.rows, args.cols, args.glass,
                                         compression=args.slide_compression)
-        shutil.rmtree(work / "cache", ignore_errors=True)  # ours prepares the slide as a first run does
-        ours = child(args, "ours", work)
-        network = child(args, "network", work, ours["windows"])
-        stock = child(args, "stock", work)
-        stock_mixed = child(args, "stock_mixed", work)
+        runs = [measure_once(args, work) for _ in range(args.repeats)]
         tissue = json.loads((work / "ours" / "summaries" / "bench.json").read_text())["tissue_fraction"]
+    ours, network, stock, stock_mixed = (median_run([run[variant] for run in runs]) for variant in VARIANTS)
     megapixels = height * width / 1e6
     print(f"slide {width} x {height} ({megapixels:.0f} MP at level 0, tissue {tissue:.0%}), roi {args.roi}, "
           f"overlap {args.overlap}, batch {args.batch}, tta {args.tta}, device {args.device}, "
           f"torch threads {torch.get_num_threads()}")
+    if args.repeats > 1:
+        print(f"medians of {args.repeats} rounds (each round runs every variant once, in turn); seconds per round: "
+              + "; ".join(f"{variant} " + ", ".join(f"{run[variant]['seconds']:.1f}" for run in runs)
+                          for variant in VARIANTS))
     print(f"ours:    {ours['seconds']:.1f} s for {ours['windows']} tissue windows, peak {ours['peak_mib']:.0f} MiB, "
           f"{megapixels / ours['seconds']:.1f} MP/s")
     print(f"network: {network['seconds']:.1f} s for the same windows")
