@@ -185,23 +185,27 @@ def test_tracing_rows_as_they_arrive_finds_each_component_once_and_whole():
     # tiles of 64 with a halo of 32: discs across tile borders and corners, one cut by the last row
     mask = disc_mask((300, 260), [(60, 64, 20), (128, 130, 12), (190, 40, 25), (250, 200, 15), (296, 100, 10)])
     mask[5, 250] = 1  # a speck, left out by min_area
-    final = [0]
-
-    def read(y0, x0, y1, x1):
-        assert y1 <= final[0], "read a row that was not final yet"
-        return mask[y0:y1, x0:x1] > 0
-
-    tracer = PolygonTracer(read, mask.shape, scale=2, tile=64, halo=32, min_area=40)
-    traced = []
-    for final[0] in [*range(0, 300, 37), 299, 300]:
-        tracer.extend(final[0])
+    tracer = PolygonTracer(mask.shape, scale=2, tile=64, halo=32, min_area=40)
+    traced, kept = [], []
+    for row in range(0, 300, 37):
+        tracer.add(mask[row : row + 37] > 0)
         traced.append(len(tracer.polygons))
+        kept.append(sum(len(band) for _, band in tracer._bands))
     whole = mask_to_annotations(mask, scale=2, min_area=40)
     assert len(tracer.polygons) == len(whole) == 5
     np.testing.assert_array_equal(rasterize(tracer.polygons, mask.shape, scale=0.5), rasterize(whole, mask.shape, scale=0.5))
-    assert traced[-2] >= 3  # most were traced before the last row came
-    tracer.extend(300)
-    assert len(tracer.polygons) == 5  # a second call traces nothing again
+    assert traced[-2] >= 3  # most were traced before the last rows came
+    assert max(kept) < 64 + 2 * 32 + 2 * 37  # only the rows a row of tiles reads, not the mask
+    tracer.close()
+    assert len(tracer.polygons) == 5  # closing after the last row traces nothing again
+
+
+def test_closing_early_treats_the_rows_never_given_as_background():
+    mask = disc_mask((200, 100), [(40, 50, 15), (150, 50, 15)]) > 0
+    tracer = PolygonTracer(mask.shape, tile=64, halo=16)
+    tracer.add(mask[:100])
+    tracer.close()
+    assert len(tracer.polygons) == 1
 
 
 def test_tracing_labels_only_tiles_that_hold_foreground(monkeypatch):
@@ -209,8 +213,8 @@ def test_tracing_labels_only_tiles_that_hold_foreground(monkeypatch):
     labelled = []
     label = annotations_module.ndimage.label
     monkeypatch.setattr(annotations_module.ndimage, "label", lambda window: labelled.append(window.shape) or label(window))
-    tracer = PolygonTracer(lambda y0, x0, y1, x1: mask[y0:y1, x0:x1], mask.shape, tile=128, halo=16)
-    tracer.extend(500)
+    tracer = PolygonTracer(mask.shape, tile=128, halo=16)
+    tracer.add(mask)
     assert len(tracer.polygons) == 1 and labelled == [(144, 144)]  # 1 of 16 tiles
 
 

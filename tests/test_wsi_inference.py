@@ -19,7 +19,7 @@ from monai.data import DataLoader
 from monai.engines import SupervisedEvaluator
 from monai.inferers import SimpleInferer
 from monai.transforms import Activationsd, Compose, ScaleIntensityRanged
-from scripts.annotations import rasterize, read_annotations
+from scripts.annotations import PolygonTracer, rasterize, read_annotations
 from scripts.datasets import SlideRegionDataset
 from scripts.prepare import prepare_slide
 from scripts.rle import rle_decode, rle_encode
@@ -191,3 +191,23 @@ def test_a_slide_is_written_while_the_next_slides_windows_are_stitched(slides, t
     assert write_slide_calls == [True] and not writer.failed
     masks = [tifffile.imread(tmp_path / "out" / "masks" / f"{name}.tiff", level=0) for name in ("s1", "s2")]
     np.testing.assert_array_equal(masks[0], masks[1])  # the same image gives the same prediction
+
+
+def test_a_band_step_that_fails_fails_its_slide_only(slides, tmp_path, monkeypatch):
+    """The polygons, the level-0 mask and the store take each band in threads of their own: an error
+    there is reported as the slide's, and the next slide's results are still written."""
+    prepared, _, image = slides
+    second = prepare_slide("s2", write_slide(tmp_path / "s2.tiff", image), tmp_path / "cache", 2)
+    add_rows, calls = PolygonTracer.add, []
+
+    def fail_first(self, rows):
+        calls.append(len(rows))
+        if len(calls) == 1:
+            raise MemoryError("no room for the rows")
+        return add_rows(self, rows)
+
+    monkeypatch.setattr(PolygonTracer, "add", fail_first)
+    _, writer = run_inference([prepared[0], second], tmp_path / "out")
+    assert "MemoryError: no room for the rows" in writer.failed["s1"] and "s2" not in writer.failed
+    assert not (tmp_path / "out" / "summaries" / "s1.json").exists()
+    assert json.loads((tmp_path / "out" / "summaries" / "s2.json").read_text())["glomeruli"] == 3

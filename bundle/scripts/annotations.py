@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,15 +135,15 @@ def mask_to_annotations(mask: np.ndarray, name: str = "glomerulus", scale: float
 
 class PolygonTracer:
     """Outlines of every connected component of a mask too large to hold, traced a row of tiles at
-    a time as the mask's rows become final (top to bottom).
+    a time as the mask's rows arrive (top to bottom).
 
     Each tile is read with ``halo`` extra pixels on every side; a component belongs to the tile
     that holds the top-left corner of its bounding box, so it is traced once, and whole as long
     as it is smaller than ``halo`` (glomeruli are, by far). A row of tiles is traced as soon as
-    the rows it reads are final, so little is left to trace once the last row arrives.
+    the rows it reads have arrived, so little is left to trace once the last row comes, and only
+    the rows the next row of tiles reads are kept (about ``tile + 2 * halo`` rows of the width).
 
     Args:
-        read_mask: ``read_mask(y0, x0, y1, x1)`` returns that window of the boolean mask.
         shape: ``(height, width)`` of the mask.
         scale: level-0 pixels per mask pixel.
         tile: tile side in mask pixels.
@@ -153,31 +152,46 @@ class PolygonTracer:
         min_area: drop polygons smaller than this many level-0 pixels.
     """
 
-    def __init__(self, read_mask: Callable[[int, int, int, int], np.ndarray], shape: tuple[int, int],
-                 scale: float = 1.0, tile: int = 2048, halo: int = 256, name: str = "glomerulus",
-                 min_area: float = 0.0) -> None:
-        self.read_mask, self.shape, self.scale = read_mask, shape, scale
+    def __init__(self, shape: tuple[int, int], scale: float = 1.0, tile: int = 2048, halo: int = 256,
+                 name: str = "glomerulus", min_area: float = 0.0) -> None:
+        self.shape, self.scale = shape, scale
         self.tile, self.halo, self.name, self.min_area = tile, halo, name, min_area
         self.polygons: list[Annotation] = []  # ``[x, y]`` at level 0, in tile order
         self._next_row = 0  # top of the first row of tiles not yet traced
+        self._bands: list[tuple[int, np.ndarray]] = []  # (first row, boolean rows): the rows still needed
+        self._received = 0  # rows given so far
 
-    def extend(self, final_rows: int) -> None:
-        """Trace the rows of tiles that mask rows ``[0, final_rows)`` decide.
+    def add(self, rows: np.ndarray) -> None:
+        """Take the mask's next rows and trace the rows of tiles they complete.
 
         Args:
-            final_rows: how many of the mask's rows are final (its height: all of them).
+            rows: ``(n, width)`` boolean rows following those already given.
         """
+        if len(rows):
+            self._bands.append((self._received, np.asarray(rows, bool)))
+            self._received += len(rows)
         height = self.shape[0]
-        while self._next_row < height and min(self._next_row + self.tile + self.halo, height) <= final_rows:
+        while self._next_row < height and min(self._next_row + self.tile + self.halo, height) <= self._received:
             for tx in range(0, self.shape[1], self.tile):
                 self._trace_tile(self._next_row, tx)
             self._next_row += self.tile
+            needed = self._next_row - self.halo
+            self._bands = [(top, band) for top, band in self._bands if top + len(band) > needed]
+
+    def close(self) -> None:
+        """Trace the rows of tiles left; rows never given (a slide without windows) are background."""
+        self.add(np.zeros((max(self.shape[0] - self._received, 0), self.shape[1]), bool))
+
+    def _read(self, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
+        parts = [band[max(y0 - top, 0) : y1 - top, x0:x1] for top, band in self._bands
+                 if top < y1 and top + len(band) > y0]
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
     def _trace_tile(self, ty: int, tx: int) -> None:
         """Trace the components whose bounding box starts in the tile at ``(ty, tx)``."""
         (height, width), tile, halo = self.shape, self.tile, self.halo
         y0, x0 = max(ty - halo, 0), max(tx - halo, 0)
-        window = self.read_mask(y0, x0, min(ty + tile + halo, height), min(tx + tile + halo, width))
+        window = self._read(y0, x0, min(ty + tile + halo, height), min(tx + tile + halo, width))
         if not window.any():
             return
         labels, _ = ndimage.label(window)

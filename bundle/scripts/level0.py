@@ -5,7 +5,7 @@ on them only are made (bilinear upsampling, then the threshold). Only blocks aro
 the threshold are made at all (bilinear values never exceed their neighbours'), a small part of a
 slide. Their runs go straight into the Kaggle RLE (column-major, joined across bands when the
 slide is complete) and the blocks go to a thread that writes the pyramidal mask TIFF as rows
-come; the writer waits when that thread falls two tiles behind. The level-0 mask itself is never
+come; making rows waits when that thread falls two tiles behind. The level-0 mask itself is never
 stored.
 """
 

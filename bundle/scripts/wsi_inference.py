@@ -4,13 +4,15 @@ predictions into per-slide results.
 Only windows that touch tissue are listed (a lookup in the slide's low-resolution tissue mask);
 MONAI's DataLoader reads them through cuCIM in worker processes while the network runs on the
 previous batch. :class:`SlidePredictionWriter`, in a thread of its own, blends each window into
-its slide band by band (:mod:`scripts.stitching`), keeps the probabilities in a chunked zarr array
-at the working resolution (bands aligned to its chunks, so each chunk is written once) and, as
-rows become final, makes the next rows of the slide's level-0 mask, which go into its pyramidal
-TIFF and its RLE runs (:mod:`scripts.level0`), and traces the glomeruli of the rows of tiles they
-complete (:class:`scripts.annotations.PolygonTracer`). After the slide's last window another
-thread joins the RLE, scores it, writes the polygons and draws the preview while the next
-slide's windows are stitched. Nothing ever holds a whole slide at level 0.
+its slide band by band (:mod:`scripts.stitching`); each band of rows that becomes final then
+goes through three steps, each in a thread of its own (so they overlap one another and the
+stitching): the probabilities go into a chunked zarr array at the working resolution (bands
+aligned to its chunks, so each chunk is written once), the next rows of the slide's level-0 mask
+are made and go into its pyramidal TIFF and its RLE runs (:mod:`scripts.level0`), and the
+glomeruli of the rows of tiles they complete are traced (:class:`scripts.annotations.PolygonTracer`).
+After the slide's last window another thread joins the RLE, scores it, writes the polygons and
+draws the preview while the next slide's windows are stitched. Nothing ever holds a whole slide
+at level 0.
 
 Per slide, under ``output_dir``: ``rle/<id>.txt``, ``masks/<id>.tiff``, ``glomeruli/<id>.geojson``,
 ``previews/<id>.png``, optionally ``heatmaps/<id>.tiff``, and ``summaries/<id>.json`` last, which
@@ -26,8 +28,9 @@ import queue
 import shutil
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +39,7 @@ import tifffile
 import torch
 import zarr
 from ignite.engine import Engine, Events
+from monai.data import MetaTensor
 from tqdm import tqdm
 
 from .annotations import PolygonTracer, write_annotations
@@ -59,6 +63,7 @@ BAND = 512  # chunk side of the working-resolution probabilities
 PREVIEW_SIDE = 1024  # longest side of preview PNGs, in pixels (about)
 PRED_COLOUR, TRUTH_COLOUR = (0, 200, 0), (30, 60, 255)
 QUEUE_WINDOWS = 64  # predicted windows waiting for the writer thread, at most
+PENDING_BAND_STEPS = 8  # a slide's band steps queued or running at most (each holds its band) before the writer waits
 UNCERTAIN = (0.2, 0.8)  # probabilities counted as undecided in a slide's confidence
 
 
@@ -141,15 +146,18 @@ class _SlideState:
     started: float = field(default_factory=time.monotonic)
     error: str = ""
     confidence: ConfidenceCounts = field(default_factory=ConfidenceCounts)
+    pending: deque[Future] = field(default_factory=deque)  # band steps not yet known to be done
 
 
 class SlidePredictionWriter:
     """Ignite handler that stitches window predictions and writes each slide's results.
 
     Attach it to the inference evaluator; ``postprocessing`` must leave ``pred`` as a sigmoid
-    probability. Stitching and writing run in a worker thread fed through a bounded queue, so
-    they overlap with the network (on a GPU, or on the CPU cores the network leaves free); a
-    finished slide's outputs are written by another thread, so the next slide's windows go on.
+    probability. Stitching runs in a worker thread fed through a bounded queue, and what each
+    final band goes through (the probability store, the level-0 mask, the polygons) in a thread
+    per step, so they overlap with the network (on a GPU, or on the CPU cores the network leaves
+    free) and with one another; a finished slide's outputs are written by another thread, so the
+    next slide's windows go on.
 
     Args:
         output_dir: where results go.
@@ -189,6 +197,10 @@ class SlidePredictionWriter:
         self._worker_error: BaseException | None = None
         # one slide at a time: its outputs, while the worker stitches the next slide's windows
         self._finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slide-finish")
+        # what each final band goes through, a thread per step (bands in order within a step), so the steps
+        # overlap one another and the stitching: the store and confidence, the level-0 mask, the polygons
+        self._band_steps = [ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+                            for name in ("band-store", "band-level0", "band-polygons")]
 
     def attach(self, engine: Engine) -> None:
         """Collect windows after every iteration; finish the run when the evaluator completes."""
@@ -208,8 +220,9 @@ class SlidePredictionWriter:
         The queue is bounded: when the worker falls behind, the network waits instead of memory growing.
         """
         items = engine.state.output
-        # one copy off the device for the whole batch: on a GPU each copy waits for the device
-        predictions = torch.stack([item["pred"][0].detach() for item in items]).float().cpu().numpy()
+        # one copy off the device for the whole batch (on a GPU each copy waits for the device), of plain
+        # tensors (stacking MetaTensors costs their metadata's bookkeeping)
+        predictions = torch.stack([_plain(item["pred"][0]).detach() for item in items]).float().cpu().numpy()
         for item, prediction in zip(items, predictions):
             self._queue.put((dict(item["image"].meta), prediction))
 
@@ -230,13 +243,27 @@ class SlidePredictionWriter:
         _, bands, complete = self.stitchers.add(meta, probability)
         for row, band in bands:
             band = np.rint(band * 255).astype(np.uint8)
-            state.probability[row : row + len(band)] = band
-            state.confidence.add(band)
+            self._wait_for_bands(state, PENDING_BAND_STEPS)
+            store, level0, polygons = self._band_steps
+            state.pending.append(store.submit(self._store_band, state, row, band))
             if not state.error:
-                state.level0.extend(band)
-                state.polygons.extend(row + len(band))
+                state.pending.append(level0.submit(state.level0.extend, band))
+                state.pending.append(polygons.submit(state.polygons.add, band > self.threshold * 255))
         if complete:
             self._finisher.submit(self._finish_slide, state)
+
+    @staticmethod
+    def _store_band(state: _SlideState, row: int, band: np.ndarray) -> None:
+        state.probability[row : row + len(band)] = band
+        state.confidence.add(band)
+
+    @staticmethod
+    def _wait_for_bands(state: _SlideState, most: int) -> None:
+        """Wait until at most ``most`` of a slide's band steps are pending; a failed step becomes the slide's error."""
+        while len(state.pending) > most:
+            error = state.pending.popleft().exception()
+            if error is not None and not state.error:
+                state.error = f"{type(error).__name__}: {error}"
 
     def _state(self, slide_id: str) -> _SlideState:
         if slide_id not in self._states:
@@ -246,8 +273,7 @@ class SlidePredictionWriter:
                 dtype=np.uint8, fill_value=0, overwrite=True,
             )
             level0 = Level0Mask(slide.shape, slide.downscale, self.threshold, self.output_dir / "masks" / f"{slide_id}.tiff")
-            polygons = PolygonTracer(lambda y0, x0, y1, x1: probability[y0:y1, x0:x1] > self.threshold * 255,
-                                     probability.shape, scale=slide.downscale, min_area=self.min_area)
+            polygons = PolygonTracer(working_shape(slide), scale=slide.downscale, min_area=self.min_area)
             bar = tqdm(desc=slide_id, unit="window", leave=False)
             self._states[slide_id] = _SlideState(slide, probability, level0, polygons, bar)
         return self._states[slide_id]
@@ -255,6 +281,7 @@ class SlidePredictionWriter:
     def _finish_slide(self, state: _SlideState) -> None:
         slide = state.slide
         state.bar.close()
+        self._wait_for_bands(state, 0)
         try:
             if state.error:
                 raise RuntimeError(state.error)
@@ -276,7 +303,7 @@ class SlidePredictionWriter:
         thumbnail, thumb_scale = read_thumbnail(slide.image, _preview_downsample(slide.shape))
         truth = self.truth.get(name) if self.truth is not None else None
         rle, counts, truth_thumb = state.level0.finish(truth, thumb_scale, name)
-        state.polygons.extend(probability.shape[0])  # the rows of tiles left (a slide without windows: all)
+        state.polygons.close()  # the rows of tiles left (a slide without windows: all)
         polygons = state.polygons.polygons
         write_annotations(self.output_dir / "glomeruli" / f"{name}.geojson", polygons)
         if self.save_heatmap:
@@ -307,6 +334,8 @@ class SlidePredictionWriter:
         self._queue.put(None)
         self._worker.join()
         self._finisher.shutdown(wait=True)
+        for step in self._band_steps:
+            step.shutdown(wait=True)
         if self._worker_error is not None:
             raise self._worker_error
         for slide_id in self.slides:
@@ -322,7 +351,7 @@ class SlidePredictionWriter:
 
     def _finish_empty_slide(self, state: _SlideState) -> None:
         """A slide without a tissue window: an empty prediction, its rows made a band at a time."""
-        height, width = state.probability.shape
+        height, width = working_shape(state.slide)
         for row in range(0, height, BAND):
             state.level0.extend(np.zeros((min(BAND, height - row), width), np.uint8))
         self._finish_slide(state)
@@ -355,6 +384,10 @@ class SlidePredictionWriter:
             rows = [(slide_id, f"{value:.4f}") for slide_id, value in dice.items()] + [("mean", f"{mean:.4f}")]
             path = write_csv(self.output_dir / "metrics.csv", ("id", "dice"), rows)
             print(f"Dice (Kaggle, level 0): mean {mean:.4f} over {len(dice)} slide(s); per slide in {path}")
+
+
+def _plain(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.as_tensor() if isinstance(tensor, MetaTensor) else tensor
 
 
 def rle_dice(predicted: str, truth: str, shape: tuple[int, int]) -> float:
