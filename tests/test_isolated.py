@@ -3,15 +3,30 @@ back as one line, and this process lives on."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
+import pytest
 import tifffile
-from scripts.isolated import run_isolated
+from scripts.isolated import BUNDLE, run_isolated
 
 
 def test_probe_of_a_good_slide_succeeds(tmp_path):
     path = tmp_path / "good.tiff"
     tifffile.imwrite(path, np.zeros((300, 400, 3), np.uint8), photometric="rgb", tile=(256, 256))
     assert run_isolated("probe", str(path), "0") is None
+
+
+def test_probe_reads_without_importing_cupy(tmp_path):
+    """cuCIM imports CuPy when it can (and on a GPU machine CuPy loads CUDA's solver library): the
+    probe reads on the CPU and needs neither."""
+    pytest.importorskip("cupy")  # where CuPy is absent there is nothing to keep out
+    path = tmp_path / "good.tiff"
+    tifffile.imwrite(path, np.zeros((300, 400, 3), np.uint8), photometric="rgb", tile=(256, 256))
+    code = f"import sys; from scripts.isolated import _probe; _probe({str(path)!r}, 0); print(sorted(m for m in sys.modules if m.startswith('cupy') and sys.modules[m]))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=BUNDLE, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
 
 
 def test_cucim_crashing_on_deflate_with_a_predictor_only_kills_the_child(tmp_path):

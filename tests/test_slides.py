@@ -5,6 +5,8 @@ files through, caching conversions, one-line errors for broken files, and thumbn
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,6 +16,7 @@ import tifffile
 from conftest import patch_dimensions, write_slide
 from scripts import slides as slides_module
 from scripts.errors import SlideError
+from scripts.isolated import BUNDLE
 from scripts.pyramid import level_shape, reduce2x, write_pyramid
 from scripts.slides import ensure_readable, inspect_slide, read_thumbnail, working_level
 
@@ -293,3 +296,11 @@ def test_a_file_cucim_crashes_on_is_converted_instead(tmp_path, cache, monkeypat
     readable = ensure_readable(source, cache, 1)
     assert readable != source and readable.parent == cache  # a canonical copy, never the crashing file
     assert inspect_slide(readable, 1).problems == ()
+
+
+def test_cucim_is_imported_in_a_background_thread():
+    """The first import of cuCIM (slow, more so on a GPU machine) overlaps with the probes' child processes."""
+    code = ("import sys; from scripts.slides import import_cucim_in_background; assert 'cucim' not in sys.modules; "
+            "thread = import_cucim_in_background(); thread.join(); print(thread.name, 'cucim' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=BUNDLE, capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["import-cucim", "True"]

@@ -10,6 +10,7 @@ tiled pyramidal RGB TIFF in a cache folder (see :mod:`scripts.pyramid`).
 from __future__ import annotations
 
 import hashlib
+import importlib
 import logging
 import os
 import threading
@@ -24,7 +25,7 @@ from .errors import SlideError
 from .isolated import run_isolated
 from .pyramid import level_shape, num_levels, write_pyramid
 
-__all__ = ["SlideLayout", "ensure_readable", "inspect_slide", "read_thumbnail", "working_level"]
+__all__ = ["SlideLayout", "ensure_readable", "import_cucim_in_background", "inspect_slide", "read_thumbnail", "working_level"]
 
 logger = logging.getLogger(__name__)
 
@@ -164,6 +165,18 @@ def working_level(layout: SlideLayout, downscale: int) -> int:
         The level index to pass to cuCIM.
     """
     return layout.levels.index(level_shape(layout.shape, _log2(downscale)))
+
+
+def import_cucim_in_background() -> threading.Thread:
+    """Start importing cuCIM in a thread and return it.
+
+    cuCIM's first import in a process takes half a second or more (on a GPU machine it loads CUDA
+    libraries): started before the slides' probes, it overlaps with their child processes, and the
+    first in-process read waits only for what is left of it (Python's import lock).
+    """
+    thread = threading.Thread(target=importlib.import_module, args=("cucim",), name="import-cucim", daemon=True)
+    thread.start()
+    return thread
 
 
 def read_thumbnail(path: str | os.PathLike, max_downsample: int = 32) -> tuple[np.ndarray, int]:

@@ -23,6 +23,7 @@ from .errors import DatasetError, InputError, user_errors
 from .layout import CsvRow, HubmapFolder, is_safe_id, report_problems
 from .prepare import PreparedSlide, prepare_slide
 from .regions import REGION_CODES
+from .slides import import_cucim_in_background
 
 __all__ = [
     "SlideSet", "check_checkpoint", "evaluation_slides", "inference_slides", "pseudo_labelled_slides",
@@ -89,6 +90,7 @@ def _prepare_all(folder: HubmapFolder, split: str, listed: dict[str, tuple[Path,
                              folder.annotation_path(split, slide_id, "regions"))
 
     # several slides at once: each waits mostly on its cuCIM probe (a child process) and on native code
+    import_cucim_in_background()
     with ThreadPoolExecutor(max(min(PREPARE_WORKERS, len(ids)), 1), thread_name_prefix="prepare") as pool:
         futures = {slide_id: pool.submit(prepare, slide_id) for slide_id in ids}
     for slide_id, future in futures.items():
