@@ -55,6 +55,20 @@ def test_warm_up_runs_in_a_thread_and_leaves_the_weights_loaded_after_it(monkeyp
     assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
 
 
+def test_after_a_warm_up_a_short_batch_runs_padded_to_the_warm_up_batch(monkeypatch):
+    monkeypatch.setattr(scripts.inferers, "WARM_UP_DEVICES", ("cpu",))  # the GPU path, on the CPU
+    inferer, model = WindowInferer(amp=False), network()
+    shapes = []
+    model.register_forward_hook(lambda module, inputs, output: shapes.append(tuple(inputs[0].shape)))
+    inferer.warm_up(model, batch_size=4, roi=16, device="cpu")
+    inputs = torch.rand(3, 3, 16, 16)
+    with torch.no_grad():
+        output = inferer(inputs, model)
+        torch.testing.assert_close(output, model(inputs))
+    assert shapes[:2] == [(4, 3, 16, 16), (4, 3, 16, 16)]  # the warm-up's batch, then the short one padded
+    assert output.shape == (3, 1, 14, 14)
+
+
 def test_warm_up_does_nothing_on_a_cpu():
     inferer = WindowInferer()
     inferer.warm_up(network(), batch_size=2, roi=16, device="cpu")

@@ -8,7 +8,8 @@ so they cross the DataLoader and the bus at a quarter of float32's size. Flip te
 augmentation (none, vertical, horizontal, both), as the strongest HuBMAP solutions used, averages
 the flipped-back outputs. On a GPU the first batch also pays for loading the kernels (about a
 second on an H100): :meth:`WindowInferer.warm_up` runs a blank batch in a thread while the slides
-are prepared.
+are prepared, and a run's short last batch is padded to that batch's size, since a new shape
+would make the GPU choose and load kernels again.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class WindowInferer(Inferer):
         self.flips = FLIPS if tta else ((),)
         self.channels_last = channels_last
         self._warming: threading.Thread | None = None
+        self._warm_batch: int | None = None  # the batch size the warm-up ran: shorter batches are padded to it
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args, **kwargs) -> torch.Tensor:
         if self._warming is not None:  # one batch on the device at a time
@@ -78,6 +80,7 @@ class WindowInferer(Inferer):
             return
         # the layout change replaces the weights, so it happens here, before a checkpoint fills them
         self._set_layout(network)
+        self._warm_batch = batch_size
         blank = torch.zeros(batch_size, 3, roi, roi, dtype=torch.uint8, device=device)
         self._warming = threading.Thread(target=self._run_blank, args=(blank, network), name="warm-up", daemon=True)
         self._warming.start()
@@ -95,10 +98,14 @@ class WindowInferer(Inferer):
             network.to(memory_format=torch.channels_last)
 
     def _run(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args, **kwargs) -> torch.Tensor:
+        inputs = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
+        count = len(inputs)
+        if self._warm_batch is not None and count < self._warm_batch:
+            inputs = torch.cat([inputs, inputs.new_zeros((self._warm_batch - count, *inputs.shape[1:]))])
         inputs = self._prepared(inputs)
         if self.channels_last and inputs.ndim == 4:
             self._set_layout(network)
-        return self._forward(inputs, network, *args, **kwargs)
+        return self._forward(inputs, network, *args, **kwargs)[:count]
 
     def _prepared(self, inputs: torch.Tensor) -> torch.Tensor:
         """Plain tensor, 0-1, in the layout the network runs in."""
