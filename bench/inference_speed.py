@@ -63,6 +63,9 @@ def parser_for(args: argparse.Namespace, work: Path):
 
 def run_ours(args: argparse.Namespace, work: Path) -> dict:
     parser = parser_for(args, work)
+    # the network is built on its device before the clock starts, as in the other variants (on a GPU
+    # that first call also creates the CUDA context, which is no part of the pipeline)
+    parser.get_parsed_content("network")
     started = time.perf_counter()
     parser.get_parsed_content("inference")
     seconds = time.perf_counter() - started
