@@ -19,6 +19,9 @@ def test_uint8_windows_give_what_their_0_to_1_floats_give():
     with torch.no_grad():
         torch.testing.assert_close(inferer(pixels, model), inferer(pixels.float() / 255, model))
         assert inferer(pixels, model).dtype == torch.float32
+    prepared = inferer._prepared(pixels)  # laid out channels-last while still uint8, then scaled
+    assert prepared.dtype == torch.float32 and prepared.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(prepared, pixels.float() / 255)
 
 
 def test_channels_last_changes_the_layout_not_the_values():

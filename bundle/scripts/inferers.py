@@ -110,10 +110,10 @@ class WindowInferer(Inferer):
     def _prepared(self, inputs: torch.Tensor) -> torch.Tensor:
         """Plain tensor, 0-1, in the layout the network runs in."""
         inputs = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
-        if inputs.dtype == torch.uint8:  # 0-255 pixels, passed on as they were read: scaled to 0-1 here
-            inputs = inputs.float().div_(255)
-        if self.channels_last and inputs.ndim == 4:
+        if self.channels_last and inputs.ndim == 4:  # before the scaling: uint8 moves a quarter of float's bytes
             inputs = inputs.contiguous(memory_format=torch.channels_last)
+        if inputs.dtype == torch.uint8:  # 0-255 pixels, passed on as they were read: scaled to 0-1 here
+            inputs = inputs.float().div_(255)  # float() keeps the layout
         return inputs
 
     def _forward(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args, **kwargs) -> torch.Tensor:
