@@ -222,7 +222,7 @@ def write_pyramid(
         tile: tile size in pixels (a multiple of 16).
         compression: tifffile compression: ``"lzw"`` (lossless; cuCIM reads it without complaint),
             ``"zlib"`` (lossless, faster and smaller for masks; cuCIM reads it but warns), ``"jpeg"``, or ``None``.
-        quality: JPEG quality when ``compression="jpeg"``.
+        quality: JPEG quality when ``compression="jpeg"``; the deflate level (1-9, default 6) for ``"zlib"``.
         reduce: ``"mean"`` (images) or ``"max"`` (masks) for the reduced levels.
         resolution_um: microns per pixel at level 0, recorded for viewers when known.
 
