@@ -19,8 +19,8 @@ import threading
 from collections.abc import Callable
 
 import torch
-from monai.data import MetaTensor
 from monai.inferers import Inferer
+from monai.utils import convert_to_tensor
 
 __all__ = ["WindowInferer", "mixed_precision"]
 
@@ -98,7 +98,7 @@ class WindowInferer(Inferer):
             network.to(memory_format=torch.channels_last)
 
     def _run(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args, **kwargs) -> torch.Tensor:
-        inputs = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
+        inputs = convert_to_tensor(inputs, track_meta=False)  # plain: no metadata bookkeeping per operation
         count = len(inputs)
         if self._warm_batch is not None and count < self._warm_batch:
             inputs = torch.cat([inputs, inputs.new_zeros((self._warm_batch - count, *inputs.shape[1:]))])
@@ -108,8 +108,7 @@ class WindowInferer(Inferer):
         return self._forward(inputs, network, *args, **kwargs)[:count]
 
     def _prepared(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Plain tensor, 0-1, in the layout the network runs in."""
-        inputs = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
+        """A plain tensor as 0-1 floats, in the layout the network runs in."""
         if self.channels_last and inputs.ndim == 4:  # before the scaling: uint8 moves a quarter of float's bytes
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         if inputs.dtype == torch.uint8:  # 0-255 pixels, passed on as they were read: scaled to 0-1 here

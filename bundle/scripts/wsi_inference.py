@@ -39,7 +39,7 @@ import tifffile
 import torch
 import zarr
 from ignite.engine import Engine, Events
-from monai.data import MetaTensor
+from monai.utils import convert_to_tensor
 from tqdm import tqdm
 
 from .annotations import PolygonTracer, write_annotations
@@ -222,7 +222,7 @@ class SlidePredictionWriter:
         items = engine.state.output
         # one copy off the device for the whole batch (on a GPU each copy waits for the device), of plain
         # tensors (stacking MetaTensors costs their metadata's bookkeeping)
-        predictions = torch.stack([_plain(item["pred"][0]).detach() for item in items]).float().cpu().numpy()
+        predictions = torch.stack([convert_to_tensor(item["pred"][0], track_meta=False).detach() for item in items]).float().cpu().numpy()
         for item, prediction in zip(items, predictions):
             self._queue.put((dict(item["image"].meta), prediction))
 
@@ -384,10 +384,6 @@ class SlidePredictionWriter:
             rows = [(slide_id, f"{value:.4f}") for slide_id, value in dice.items()] + [("mean", f"{mean:.4f}")]
             path = write_csv(self.output_dir / "metrics.csv", ("id", "dice"), rows)
             print(f"Dice (Kaggle, level 0): mean {mean:.4f} over {len(dice)} slide(s); per slide in {path}")
-
-
-def _plain(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.as_tensor() if isinstance(tensor, MetaTensor) else tensor
 
 
 def rle_dice(predicted: str, truth: str, shape: tuple[int, int]) -> float:
