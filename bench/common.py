@@ -20,6 +20,13 @@ def peak_rss_mib(children: bool = False) -> float:
     return usage.ru_maxrss / 1024
 
 
+def cpu_seconds() -> float:
+    """CPU time (user + system) used so far by this process and its waited-for children (such as
+    DataLoader workers that have exited), in seconds."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def tiled_slide(path: Path, source: Path, rows: int, cols: int, glass_cols: int = 0,
                 crop: tuple[int, int] | None = None, compression: str = "jpeg") -> tuple[int, int]:
     """Write a large slide made of ``rows x cols`` copies of a real or demo slide, plus ``glass_cols``
