@@ -12,7 +12,10 @@ and batch:
   channels-last), to tell the pipeline's gain from the precision's.
 
 Prints the pipeline/network time ratio (goal: at most 1.25), the stock/ours time ratio (goal:
-at least 1.8) with both peak memories, and throughput in level-0 megapixels per second.
+at least 1.8) with both peak memories, and throughput in level-0 megapixels per second; then the
+CPU time of ours (its reader processes and probe included) and of the network alone, and the
+pipeline/network floor that ours' CPU time sets on this machine's cores (where the pipeline's own
+work, not its overlap with the network, is what keeps the ratio up).
 
 The slide is built from the demo's test slide (``--rows`` x ``--cols`` copies and ``--glass``
 copies' width of empty glass: the default is about half tissue). The checkpoint is the bundle's
