@@ -227,7 +227,7 @@ def test_ranger_recipe_merged_over_train_yaml_builds_lookahead_over_radam():
     assert (group["weight_decay"], group["decoupled_weight_decay"]) == (0.0001, True)
     network = parser.get_parsed_content("network")
     assert [id(p) for p in optimizer._params()] == [id(p) for p in network.parameters()]
-    assert parser.get_parsed_content("ckpt_dir").endswith("/models/ranger")
+    assert parser.get_parsed_content("ckpt_dir").endswith("/checkpoints/ranger")
     assert "$import scripts" in parser["imports"]  # train.yaml's imports survive the merge
 
 

@@ -6,7 +6,9 @@ bfloat16 on CPUs that compute it natively (AVX-512 BF16 / AMX), which on a 2-cor
 UNet about 3x faster. Windows read as ``uint8`` pixels are scaled to 0-1 here, on the device,
 so they cross the DataLoader and the bus at a quarter of float32's size. Flip test-time
 augmentation (none, vertical, horizontal, both), as the strongest HuBMAP solutions used, averages
-the flipped-back outputs. On a GPU the first batch also pays for loading the kernels (about a
+the flipped-back outputs. An ensemble (a :class:`torch.nn.ModuleList` of members, as
+:func:`scripts.checkpoints.ensemble` builds it) runs every member, with its flips, on the same
+batch: a window is read and decoded once. On a GPU the first batch also pays for loading the kernels (about a
 second on an H100): :meth:`WindowInferer.warm_up` runs a blank batch in a thread while the slides
 are prepared, and a run's short last batch is padded to that batch's size, since a new shape
 would make the GPU choose and load kernels again.
@@ -27,6 +29,7 @@ __all__ = ["WindowInferer", "mixed_precision"]
 logger = logging.getLogger(__name__)
 
 FLIPS = ((), (2,), (3,), (2, 3))
+ENSEMBLE_EPS = 1e-6  # the members' mean probability is clamped this far from 0 and 1 before its logit
 WARM_UP_DEVICES = ("cuda",)  # where a network's first batch loads kernels worth overlapping
 
 
@@ -43,7 +46,9 @@ def mixed_precision(device: torch.device | str, enabled: bool = True) -> torch.a
 class WindowInferer(Inferer):
     """Run a batch of windows through the network.
 
-    Inputs are 0-1 floats, or ``uint8`` 0-255 pixels, which are scaled to 0-1 first.
+    Inputs are 0-1 floats, or ``uint8`` 0-255 pixels, which are scaled to 0-1 first. The output
+    is logits, as the network's: for an ensemble, the logit of the members' mean probability (the
+    average the HuBMAP solutions took), so that what follows takes one sigmoid whatever the count.
 
     Args:
         amp: mixed precision (see :func:`mixed_precision`).
@@ -116,6 +121,17 @@ class WindowInferer(Inferer):
         return inputs
 
     def _forward(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args, **kwargs) -> torch.Tensor:
+        if not isinstance(network, torch.nn.ModuleList):
+            return self._member_forward(inputs, network, *args, **kwargs)
+        probability = None
+        for member in network:
+            member_probability = torch.sigmoid(self._member_forward(inputs, member, *args, **kwargs))
+            probability = member_probability if probability is None else probability + member_probability
+        return torch.logit(probability / len(network), eps=ENSEMBLE_EPS)
+
+    def _member_forward(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args,
+                        **kwargs) -> torch.Tensor:
+        """One network's logits, averaged over the flips."""
         total = None
         with mixed_precision(inputs.device, self.amp):
             for dims in self.flips:

@@ -7,13 +7,11 @@ a slide that cannot be used is reported and left out rather than stopping the ot
 from __future__ import annotations
 
 import json
-import pickle
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 import zarr
 from ignite.engine import Engine
 
@@ -26,7 +24,7 @@ from .regions import REGION_CODES
 from .slides import import_cucim_in_background
 
 __all__ = [
-    "SlideSet", "check_checkpoint", "evaluation_slides", "inference_slides", "pseudo_labelled_slides",
+    "SlideSet", "evaluation_slides", "inference_slides", "pseudo_labelled_slides",
     "report_prepared", "report_training", "run_training", "training_slides",
 ]
 
@@ -189,58 +187,6 @@ def evaluation_slides(dataset_dir: str, demo_dir: str, cache_dir: str, downscale
     if not slides.listed:
         raise DatasetError(f"{folder.root / csv_name}: no usable labelled slides to evaluate")
     return slides
-
-
-@user_errors
-def check_checkpoint(ckpt_path: str, network: torch.nn.Module | None = None) -> str:
-    """Fail with one line when the checkpoint to load is missing, unreadable, or holds the weights
-    of another network (a model trained with a recipe, run without it), instead of the loader's traceback.
-
-    Args:
-        ckpt_path: the ``model.pt`` to load.
-        network: the config's network, to check the weights against; a TorchScript network
-            (``inference_ts.yaml``) carries its own weights and is not checked.
-
-    Returns:
-        ``ckpt_path``.
-    """
-    if not Path(ckpt_path).is_file():
-        raise InputError(
-            f"checkpoint {ckpt_path} not found: train first (python -m monai.bundle run training --config_file "
-            "bundle/configs/train.yaml) or pass --ckpt_path"
-        )
-    if network is None or isinstance(network, torch.jit.ScriptModule):
-        return ckpt_path
-    try:
-        weights = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as error:  # not a checkpoint file
-        raise InputError(f"checkpoint {ckpt_path} cannot be read as PyTorch weights ({type(error).__name__}): pass a "
-                         "model.pt saved by training") from None
-    if isinstance(weights, dict) and isinstance(weights.get("model"), dict):  # a last.pt, as MONAI's loader reads it
-        weights = weights["model"]
-    mismatch = _weights_mismatch(weights, network.state_dict())
-    if mismatch:
-        raise InputError(
-            f"checkpoint {ckpt_path} holds the weights of another network ({mismatch}): run with the network recipe it "
-            "was trained with merged over this config (e.g. --config_file \"['bundle/configs/inference.yaml',"
-            "'bundle/configs/flexunet_resnext.yaml']\") or pass the checkpoint of this network"
-        )
-    return ckpt_path
-
-
-def _weights_mismatch(weights: object, expected: dict[str, torch.Tensor]) -> str:
-    """What keeps ``weights`` from loading into a network whose state dict is ``expected`` ("" when nothing)."""
-    if not isinstance(weights, dict) or not all(isinstance(value, torch.Tensor) for value in weights.values()):
-        return "not a dictionary of weights"
-    missing, extra = sorted(expected.keys() - weights.keys()), sorted(weights.keys() - expected.keys())
-    reshaped = [key for key in sorted(expected.keys() & weights.keys()) if weights[key].shape != expected[key].shape]
-    if missing or extra:
-        return f"{len(missing)} of the network's weights missing, {len(extra)} unknown, e.g. {(missing or extra)[0]!r}"
-    if reshaped:
-        key = reshaped[0]
-        return (f"{len(reshaped)} weights of another shape, e.g. {key!r}: {tuple(weights[key].shape)} "
-                f"instead of {tuple(expected[key].shape)}")
-    return ""
 
 
 def report_prepared(slides: SlideSet) -> None:
