@@ -21,10 +21,16 @@ The slide is built from the demo's test slide (``--rows`` x ``--cols`` copies an
 copies' width of empty glass: the default is about half tissue). The checkpoint is the bundle's
 trained model (train first: the README's first command), so predictions look like real ones.
 
+``--ckpt`` may name an ensemble (a folder of ``fold<k>/model.pt``, as ``ckpt_path`` takes it). Then
+ours and the network alone run the whole ensemble, the stock approach its first member, and ours
+and the network alone run once more with the first member only, to check that K members cost at
+most K times the network time plus the single member's pipeline time (every window read once).
+
     python bench/inference_speed.py                    # CPU
     python bench/inference_speed.py --tta true         # ours and the network alone with flip TTA (inference's default)
     python bench/inference_speed.py --device cuda --batch 32
     python bench/inference_speed.py --repeats 3        # medians of 3 rounds, on a noisy machine
+    python bench/inference_speed.py --ckpt bundle/models   # the shipped fold ensemble against its first member
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ import numpy as np
 import tifffile
 import torch
 from common import BUNDLE, cpu_seconds, peak_rss_mib, tiled_slide
+from scripts.checkpoints import checkpoint_files
 
 CONFIG = BUNDLE / "configs" / "inference.yaml"
 VARIANTS = ("ours", "network", "stock", "stock_mixed")
@@ -100,8 +107,7 @@ def run_stock(args: argparse.Namespace, work: Path, mixed_precision: bool = Fals
     from scripts.slides import inspect_slide, working_level
 
     parser = parser_for(args, work)
-    network = parser.get_parsed_content("network").eval()
-    network.load_state_dict(torch.load(args.ckpt, map_location=args.device, weights_only=True))
+    network = parser.get_parsed_content("network").eval()  # with the checkpoint's weights
     inferer = parser.get_parsed_content("inferer")
     predictor = (lambda x: inferer(x, network)) if mixed_precision else network
     slide = work / "data" / "test" / "bench.tiff"
@@ -119,21 +125,30 @@ def run_stock(args: argparse.Namespace, work: Path, mixed_precision: bool = Fals
     return {"seconds": time.perf_counter() - started}
 
 
-def child(args: argparse.Namespace, variant: str, work: Path, windows: int = 0) -> dict:
-    """Run one variant in a fresh process; its result plus its peak memory."""
+def child(args: argparse.Namespace, variant: str, work: Path, windows: int = 0, ckpt: str | None = None) -> dict:
+    """Run one variant in a fresh process (with ``ckpt`` instead of ``--ckpt``); its result plus its peak memory."""
     command = [sys.executable, __file__, "--variant", variant, "--work", str(work), "--windows", str(windows),
-               "--ckpt", args.ckpt, "--roi", str(args.roi), "--overlap", str(args.overlap), "--batch",
+               "--ckpt", ckpt or args.ckpt, "--roi", str(args.roi), "--overlap", str(args.overlap), "--batch",
                str(args.batch), "--device", args.device, "--workers", str(args.workers), "--tta", args.tta]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
 
 def measure_once(args: argparse.Namespace, work: Path) -> dict[str, dict]:
-    """One round: every variant once, in turn, ours first (from an empty cache, as a first run)."""
+    """One round: every variant once, in turn, ours first (from an empty cache, as a first run);
+    for an ensemble, then ours and the network alone with its first member."""
     shutil.rmtree(work / "cache", ignore_errors=True)
+    members = checkpoint_files(args.ckpt)
+    first = str(members[0])
     ours = child(args, "ours", work)
-    return {"ours": ours, "network": child(args, "network", work, ours["windows"]),
-            "stock": child(args, "stock", work), "stock_mixed": child(args, "stock_mixed", work)}
+    results = {"ours": ours, "network": child(args, "network", work, ours["windows"]),
+               "stock": child(args, "stock", work, ckpt=first),
+               "stock_mixed": child(args, "stock_mixed", work, ckpt=first)}
+    if len(members) > 1:
+        shutil.rmtree(work / "cache", ignore_errors=True)
+        results["ours_single"] = child(args, "ours", work, ckpt=first)
+        results["network_single"] = child(args, "network", work, ours["windows"], ckpt=first)
+    return results
 
 
 def median_run(results: list[dict]) -> dict:
@@ -178,8 +193,9 @@ def main() -> None:
 
     if args.repeats < 1:
         sys.exit(f"--repeats must be at least 1, got {args.repeats}")
-    if not Path(args.ckpt).is_file():
+    if not Path(args.ckpt).exists():
         sys.exit(f"no checkpoint at {args.ckpt}: train first (README's first command) or pass --ckpt")
+    members = len(checkpoint_files(args.ckpt))
     with tempfile.TemporaryDirectory(prefix="bench-") as folder:
         work = Path(args.work_dir or folder)
         slide = work / "data" / "test" / "bench.tiff"
@@ -212,6 +228,14 @@ def main() -> None:
     print(f"stock/ours time ratio: {stock['seconds'] / ours['seconds']:.2f} (goal >= 1.8); "
           f"peak memory ours {ours['peak_mib']:.0f} MiB vs stock {stock['peak_mib']:.0f} MiB")
     print(f"stock with the same precision/ours time ratio: {stock_mixed['seconds'] / ours['seconds']:.2f}")
+    if members > 1:
+        ours_single, network_single = (median_run([run[variant] for run in runs])
+                                       for variant in ("ours_single", "network_single"))
+        bound = members * network_single["seconds"] + ours_single["seconds"] - network_single["seconds"]
+        print(f"ensemble of {members}: ours {ours['seconds']:.1f} s, network alone {network['seconds']:.1f} s; "
+              f"its first member alone: ours {ours_single['seconds']:.1f} s, network alone {network_single['seconds']:.1f} s")
+        print(f"ensemble/bound time ratio: {ours['seconds'] / bound:.2f} (goal <= 1: at most {members} x the member's "
+              f"network time plus its pipeline time, {bound:.1f} s)")
     cores = len(os.sched_getaffinity(0))
     floor = max(ours["cpu_seconds"] / cores, network["seconds"]) / network["seconds"]
     print(f"CPU time: ours {ours['cpu_seconds']:.1f} core-seconds, the network alone {network['cpu_seconds']:.1f}; "

@@ -83,7 +83,8 @@ def main() -> None:
         ship(fold_dir(work / "folds", fold), fold_dir(models, fold))
     for path in [models / MODEL, *fold_members(models)]:
         best = json.loads((path.parent / "best.json").read_text())
-        print(f"{path} ({path.stat().st_size / 2**20:.1f} MiB): epoch {best['epoch']}, validation Dice {best['metric']}")
+        print(f"{path} ({path.stat().st_size / 2**20:.1f} MiB): epoch {best['epoch']}, "
+              f"validation Dice {best['metric']}")
 
 
 if __name__ == "__main__":

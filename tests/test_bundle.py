@@ -236,3 +236,63 @@ def test_a_checkpoint_of_another_network_is_one_line_without_traceback(trained, 
                         "[8,16,32,64,128]", "--output_dir", str(tmp_path / "out"), check=False)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "holds the weights of another network (" in result.stderr.strip().splitlines()[-1]
+
+
+def _mask(out, slide_id):
+    return tifffile.imread(out / "masks" / f"{slide_id}.tiff", level=0) > 0
+
+
+def test_an_ensemble_folder_averages_its_members_probabilities_into_every_output(trained, tmp_path):
+    """Two copies of the trained model segment as the model alone; with a copy that sees no glomerulus
+    anywhere (output bias -50) beside it, the mean probability p / 2 never exceeds the threshold 0.5."""
+    root, flags, _ = trained
+    weights = torch.load(root / "models" / "model.pt", weights_only=True)
+    output_bias = [key for key, value in weights.items() if key.endswith("bias") and value.shape == (1,)][-1]
+    members = {"twins": [weights, weights], "silent": [weights, {**weights, output_bias: weights[output_bias] - 50}]}
+    configs = [str(CONFIGS / "inference.yaml")]
+    bundle_run("inference", configs, *flags, *FAST, "--output_dir", str(tmp_path / "single"), "--tta", "false")
+    for name, states in members.items():
+        for fold, state in enumerate(states):
+            (tmp_path / name / f"fold{fold}").mkdir(parents=True)
+            torch.save(state, tmp_path / name / f"fold{fold}" / "model.pt")
+        bundle_run("inference", configs, *flags, *FAST, "--output_dir", str(tmp_path / f"{name}_out"), "--tta", "false",
+                   "--ckpt_path", str(tmp_path / name))
+    [row] = read_csv_rows(tmp_path / "single" / "submission.csv", "predicted")[0]
+    single, twins, silent = (_mask(tmp_path / name, row.slide_id) for name in ("single", "twins_out", "silent_out"))
+    assert single.sum() > 0 and np.mean(single != twins) < 1e-4  # the same mask, but for rounding at the threshold
+    assert silent.sum() == 0  # the silent member halves every probability: the ensemble's mask, not the first member's
+    [ensemble_row] = read_csv_rows(tmp_path / "silent_out" / "submission.csv", "predicted")[0]
+    summary = json.loads((tmp_path / "silent_out" / "summaries" / f"{row.slide_id}.json").read_text())
+    assert ensemble_row.value == "" and summary["glomerulus_pixels"] == 0 and summary["glomeruli"] == 0
+
+
+@pytest.mark.parametrize("member", ["missing", "corrupt"])
+def test_a_bad_member_of_a_checkpoint_list_is_one_line_naming_it_and_nothing_is_written(trained, tmp_path, member):
+    root, flags, _ = trained
+    bad = tmp_path / "bad.pt"
+    if member == "corrupt":
+        bad.write_bytes(b"not weights")
+    result = bundle_run("inference", [str(CONFIGS / "inference.yaml")], *flags, "--output_dir", str(tmp_path / "out"),
+                        "--ckpt_path", f"['{root / 'models' / 'model.pt'}','{bad}']", check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stdout + result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: checkpoint {bad} ")
+    assert ("not found: train first" if member == "missing" else "cannot be read as PyTorch weights") in last
+    assert not (tmp_path / "out").exists()
+
+
+def test_training_folds_fine_tunes_every_fold_from_a_model_into_an_ensemble(trained, tmp_path):
+    root, flags, _ = trained
+    flags = [*flags[:-2], "--ckpt_dir", str(tmp_path / "ensemble")]
+    start = root / "models" / "model.pt"
+    result = bundle_run("training_folds", [str(CONFIGS / "train.yaml")], *flags, *FAST, "--output_dir",
+                        str(tmp_path / "logs"), "--max_epochs", "1", "--val_interval", "1",
+                        "--random_patches_per_slide", "2", "--num_folds", "2", "--init_ckpt", str(start))
+    assert result.stdout.count(f"training starts from the weights of {start}") == 2
+    for fold in (0, 1):
+        assert json.loads((tmp_path / "ensemble" / f"fold{fold}" / "finished.json").read_text())["fold"] == fold
+        assert (tmp_path / "logs" / f"fold{fold}" / "training_curves.csv").is_file()
+    assert f"fold ensemble of 2 in {tmp_path / 'ensemble'}" in result.stdout
+    again = bundle_run("training_folds", [str(CONFIGS / "train.yaml")], *flags, *FAST, "--output_dir",
+                       str(tmp_path / "logs"), "--num_folds", "2")
+    assert again.stdout.count("finished earlier") == 2 and "training starts" not in again.stdout

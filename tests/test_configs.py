@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -76,6 +77,11 @@ def tiny(tmp_path_factory):
     (["train.yaml", "grid_sampling.yaml"], "train", "training"),
 ])
 def test_workflow_properties_are_all_present(tiny, configs, kind, run_id):
+    if kind == "infer":  # the network is built with its weights, checked first: a model must be there
+        parser = ConfigParser()
+        parser.read_config([str(CONFIGS / c) for c in configs])
+        Path(tiny["ckpt_dir"]).mkdir(parents=True, exist_ok=True)
+        torch.save(parser.get_parsed_content("network_def").state_dict(), Path(tiny["ckpt_dir"]) / "model.pt")
     workflow = ConfigWorkflow(config_file=[str(CONFIGS / c) for c in configs], workflow_type=kind, run_id=run_id,
                               **tiny)
     workflow.initialize()
@@ -171,6 +177,8 @@ def test_bundle_packs_as_the_model_zoo_expects(tmp_path):
     shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("data", "cache", "logs", "eval", "*.pt", "*.ts",
                                                                    "__pycache__"))
     (bundle / "models" / "model.pt").write_bytes(b"weights")
+    (bundle / "models" / "fold0").mkdir(exist_ok=True)
+    (bundle / "models" / "fold0" / "model.pt").write_bytes(b"member")
     zipped = pack(bundle, tmp_path / "dist", "https://example.org/{name}")
     version = json.loads((BUNDLE / "configs" / "metadata.json").read_text())["version"]
     assert zipped.name == f"pathology_glomeruli_segmentation_v{version}.zip"
@@ -182,4 +190,6 @@ def test_bundle_packs_as_the_model_zoo_expects(tmp_path):
         assert not any(name.endswith((".pt", ".ts")) or "/data/" in name or "/cache/" in name for name in names)
         large = yaml.safe_load(archive.read(root + "large_files.yml"))
     assert large == {"large_files": [{"path": "models/model.pt", "url": "https://example.org/model.pt",
-                                      "hash_val": hashlib.sha256(b"weights").hexdigest(), "hash_type": "sha256"}]}
+                                      "hash_val": hashlib.sha256(b"weights").hexdigest(), "hash_type": "sha256"},
+                                     {"path": "models/fold0/model.pt", "url": "https://example.org/fold0_model.pt",
+                                      "hash_val": hashlib.sha256(b"member").hexdigest(), "hash_type": "sha256"}]}

@@ -1,5 +1,6 @@
 """The window inferer (scripts/inferers.py): uint8 windows scaled on the way in, channels-last
-layout, flip TTA as the mean of the flipped-back outputs, and the warm-up thread."""
+layout, flip TTA as the mean of the flipped-back outputs, ensembles as the mean of the members'
+probabilities, and the warm-up thread."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import torch
 from scripts.inferers import WindowInferer
 
 
-def network() -> torch.nn.Module:
-    torch.manual_seed(0)
+def network(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
     return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 1, 3)).eval()
 
 
@@ -40,6 +41,23 @@ def test_flip_tta_is_the_mean_of_the_four_flipped_back_outputs():
         tta = WindowInferer(amp=False, tta=True)(inputs, model)
     torch.testing.assert_close(tta, sum(flipped) / 4)
     assert not torch.allclose(tta, flipped[0])  # the flips do change this network's output
+
+
+def test_an_ensemble_gives_the_logit_of_its_members_mean_probability_each_with_its_flips():
+    inputs, members = torch.rand(2, 3, 16, 20), [network(seed) for seed in (0, 1, 2)]
+    batches = []
+    members[0].register_forward_pre_hook(lambda module, args: batches.append(args[0]))
+    with torch.no_grad():
+        tta = WindowInferer(amp=False, tta=True)
+        alone = [tta(inputs, member) for member in members]
+        batches.clear()
+        output = tta(inputs, torch.nn.ModuleList(members))
+        assert len(batches) == 4 and all(batch.shape == inputs.shape for batch in batches)  # its 4 flips, whole batches
+        single = WindowInferer(amp=False, tta=True)(inputs, torch.nn.ModuleList(members[:1]))
+    expected = sum(torch.sigmoid(logits) for logits in alone) / 3
+    torch.testing.assert_close(torch.sigmoid(output), expected)
+    assert not torch.allclose(torch.sigmoid(output), torch.sigmoid(alone[0]), atol=1e-3)  # the members differ
+    torch.testing.assert_close(torch.sigmoid(single), torch.sigmoid(alone[0]))  # one member: its own probability
 
 
 def test_warm_up_runs_in_a_thread_and_leaves_the_weights_loaded_after_it(monkeypatch):

@@ -11,7 +11,6 @@ from conftest import disc_slide, write_slide
 from scripts.files import write_csv
 from scripts.rle import rle_encode
 from scripts.workflow import (
-    check_checkpoint,
     evaluation_slides,
     inference_slides,
     training_slides,
@@ -95,61 +94,6 @@ def test_evaluation_reads_solution_for_test_and_train_csv_for_train(tmp_path):
     assert list(prepare(root, tmp_path, evaluation_slides, split="train").truth) == ["good1", "good2"]
     with pytest.raises(SystemExit, match="eval_split"):
         prepare(root, tmp_path, evaluation_slides, split="validation")
-
-
-def test_missing_checkpoint_is_one_line(tmp_path):
-    with pytest.raises(SystemExit, match="checkpoint .*model.pt not found: train first"):
-        check_checkpoint(str(tmp_path / "model.pt"))
-
-
-def small_unet(channels=(4, 8)):
-    from monai.networks.nets import UNet
-
-    return UNet(2, 3, 1, channels, (2,), num_res_units=1, norm="instance")
-
-
-def test_a_checkpoint_of_this_network_passes_as_weights_or_as_a_last_pt(tmp_path):
-    import torch
-
-    network = small_unet()
-    torch.save(network.state_dict(), tmp_path / "model.pt")
-    torch.save({"model": network.state_dict(), "trainer": {"epoch": 1}}, tmp_path / "last.pt")
-    for name in ("model.pt", "last.pt"):
-        assert check_checkpoint(str(tmp_path / name), small_unet()) == str(tmp_path / name)
-
-
-@pytest.mark.parametrize("saved, expected", [
-    ("wider", "weights of another shape, e.g. "),  # the same architecture with other channels
-    ("other", "15 of the network's weights missing, 2 unknown, e.g. "),
-    ("list", "not a dictionary of weights"),
-])
-def test_a_checkpoint_of_another_network_is_one_line_saying_which_recipe_to_run_with(tmp_path, saved, expected):
-    import torch
-
-    weights = {"wider": lambda: small_unet((8, 16)).state_dict(), "other": lambda: torch.nn.Linear(2, 2).state_dict(),
-               "list": lambda: [1, 2, 3]}[saved]()
-    torch.save(weights, tmp_path / "model.pt")
-    with pytest.raises(SystemExit) as error:
-        check_checkpoint(str(tmp_path / "model.pt"), small_unet())
-    message = str(error.value)
-    assert message.startswith(f"error: checkpoint {tmp_path / 'model.pt'} holds the weights of another network (")
-    assert expected in message.splitlines()[0] and len(message.splitlines()) == 1
-    assert message.endswith("or pass the checkpoint of this network") and "flexunet_resnext.yaml" in message
-
-
-@pytest.mark.parametrize("content", [b"not a checkpoint", b"", b"PK\x03\x04 a broken zip"])
-def test_a_file_that_is_not_a_checkpoint_is_one_line(tmp_path, content):
-    (tmp_path / "model.pt").write_bytes(content)
-    with pytest.raises(SystemExit, match=r"model.pt cannot be read as PyTorch weights \(\w+\): pass a model.pt saved by training$"):
-        check_checkpoint(str(tmp_path / "model.pt"), small_unet())
-
-
-def test_a_torchscript_network_brings_its_own_weights_and_is_not_checked(tmp_path):
-    import torch
-
-    scripted = torch.jit.script(small_unet())
-    scripted.save(str(tmp_path / "model.ts"))
-    assert check_checkpoint(str(tmp_path / "model.ts"), torch.jit.load(str(tmp_path / "model.ts"))) == str(tmp_path / "model.ts")
 
 
 def _polygon_json(path, discs):

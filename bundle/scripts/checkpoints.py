@@ -27,7 +27,8 @@ from .folds import MODEL, fold_members
 __all__ = ["check_checkpoint", "checkpoint_files", "ensemble", "load_initial_weights", "read_weights",
            "save_half_precision"]
 
-TRAIN_FIRST = "train first (python -m monai.bundle run training --config_file bundle/configs/train.yaml) or pass --ckpt_path"
+TRAIN_FIRST = ("train first (python -m monai.bundle run training --config_file bundle/configs/train.yaml) "
+               "or pass --ckpt_path")
 
 
 def checkpoint_files(ckpt_path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:

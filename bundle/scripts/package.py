@@ -19,7 +19,7 @@ __all__ = ["large_files", "pack"]
 
 BUNDLE = Path(__file__).resolve().parents[1]
 INCLUDED = ("LICENSE", "configs", "docs", "scripts", "models/.gitkeep")
-WEIGHTS = ("models/model.pt", "models/model.ts")
+WEIGHTS = ("models/model.pt", "models/model.ts", "models/fold*/model.pt")  # the single model, its export, the ensemble
 
 
 def sha256(path: Path) -> str:
@@ -36,15 +36,17 @@ def large_files(bundle: Path, url: str) -> dict:
 
     Args:
         bundle: the bundle folder.
-        url: where ``model.pt`` will be downloaded from; ``{name}`` is replaced by each file's name.
+        url: where the weights will be downloaded from; ``{name}`` is replaced by each file's path under
+            ``models/`` with ``_`` for ``/`` (``model.pt``, ``fold0_model.pt``).
 
     Returns:
         ``{"large_files": [{"path", "url", "hash_val", "hash_type"}, ...]}``.
     """
+    weights = [path.relative_to(bundle).as_posix() for pattern in WEIGHTS for path in sorted(bundle.glob(pattern))]
     return {"large_files": [
-        {"path": weight, "url": url.format(name=Path(weight).name), "hash_val": sha256(bundle / weight),
-         "hash_type": "sha256"}
-        for weight in WEIGHTS if (bundle / weight).is_file()
+        {"path": weight, "url": url.format(name=weight.removeprefix("models/").replace("/", "_")),
+         "hash_val": sha256(bundle / weight), "hash_type": "sha256"}
+        for weight in weights
     ]}
 
 
