@@ -14,6 +14,10 @@ Steps, each resumable (a rerun goes on where the last one stopped):
    tiles and keeps its best validated weights on the other 4): ``models/fold<k>/model.pt``, what
    inference runs by default.
 4. Every model copied into ``--models`` in half precision, with its ``best.json``.
+5. Each fold member, as shipped, scored by ``run evaluating`` (Kaggle Dice at level 0, flip TTA) on
+   the 4 tiles its fold held out, which it never trained on; its best epoch was chosen on them,
+   so the mean flatters it a little. Printed per tile and overall, and kept in
+   ``<work-dir>/results.json``.
 
 Both trainings are the bundle's own commands with the shipped recipe (train.yaml), for
 ``--epochs`` epochs per network (a count of epochs, not minutes, so that the result does not
@@ -28,10 +32,13 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 from common import BUNDLE
+from monai.bundle import ConfigParser
 from real_tiles import DATA, bundle_command, last_line, read_tiles, run_logged, write_fold
 from scripts.checkpoints import save_half_precision
-from scripts.folds import MODEL, fold_dir, fold_members
+from scripts.folds import fold_dir, fold_members
+from scripts.handlers import MODEL_FILE, RECORD_FILE, read_record
 
 NUM_FOLDS = 4
 
@@ -40,7 +47,7 @@ def train(work: Path, name: str, workflow: str, options: dict[str, str]) -> None
     """Run one of the bundle's training commands, logged to ``<work>/<name>.log``; exit on failure.
     A network already trained (its ``best.json`` written) is not trained again: a resumed run
     would spend another budget on it."""
-    if (Path(options["ckpt_dir"]) / "best.json").is_file():
+    if read_record(options["ckpt_dir"]) is not None:
         print(f"{name}: trained earlier ({options['ckpt_dir']}); skipped", flush=True)
         return
     command = bundle_command(workflow, "bundle/configs/train.yaml", options, [])
@@ -53,8 +60,32 @@ def train(work: Path, name: str, workflow: str, options: dict[str, str]) -> None
 
 def ship(source: Path, target: Path) -> None:
     """Copy one trained model (``model.pt`` in half precision, ``best.json``) from ``source`` to ``target``."""
-    save_half_precision(source / MODEL, target / MODEL)
-    shutil.copyfile(source / "best.json", target / "best.json")
+    save_half_precision(source / MODEL_FILE, target / MODEL_FILE)
+    shutil.copyfile(source / RECORD_FILE, target / RECORD_FILE)
+
+
+def held_out(dataset: Path, cache: Path, fold: int) -> list[str]:
+    """The tiles that fold ``fold`` of train.yaml validates on (never trains on) in ``dataset``."""
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "train.yaml"))
+    parser.update({"dataset_dir": str(dataset), "cache_dir": str(cache), "fold": fold})
+    return [slide.slide_id for slide in parser.get_parsed_content("split")[1]]
+
+
+def evaluate_member(work: Path, tiles: dict, fold: int, member: Path, held: list[str]) -> dict[str, float]:
+    """Score one shipped member on its held-out tiles (a dataset of them as ``test/``): ``{tile: Dice}``."""
+    root = work / "evaluation" / f"fold{fold}"
+    metrics = root / "eval" / "metrics.csv"
+    if not metrics.is_file():
+        write_fold(root, tiles, held)
+        command = bundle_command("evaluating", "['bundle/configs/inference.yaml','bundle/configs/evaluate.yaml']", {
+            "dataset_dir": str(root), "cache_dir": str(root / "cache"), "ckpt_path": str(member),
+            "output_dir": str(root / "eval")}, [])
+        code, _ = run_logged(command, root / "eval.log")
+        if code or not metrics.is_file():
+            sys.exit(f"evaluating fold {fold} failed (exit {code}): {last_line(root / 'eval.log')}")
+    rows = [line.split(",") for line in metrics.read_text().splitlines()[1:]]
+    return {tile: float(dice) for tile, dice in rows if tile != "mean"}
 
 
 def main() -> None:
@@ -81,10 +112,24 @@ def main() -> None:
     ship(work / "all_tiles", models)
     for fold in range(NUM_FOLDS):
         ship(fold_dir(work / "folds", fold), fold_dir(models, fold))
-    for path in [models / MODEL, *fold_members(models)]:
-        best = json.loads((path.parent / "best.json").read_text())
+    for path in [models / MODEL_FILE, *fold_members(models)]:
+        best = read_record(path.parent)
         print(f"{path} ({path.stat().st_size / 2**20:.1f} MiB): epoch {best['epoch']}, "
               f"validation Dice {best['metric']}")
+
+    tiles = read_tiles(data)
+    results = {}
+    for fold, member in enumerate(fold_members(models)):
+        dice = evaluate_member(work, tiles, fold, member, held_out(dataset, work / "cache", fold))
+        results[f"fold{fold}"] = dice
+        print(f"fold {fold} member on its held-out tiles: "
+              + ", ".join(f"{tile} {value:.4f}" for tile, value in dice.items())
+              + f" (mean {np.mean(list(dice.values())):.4f})", flush=True)
+    every = [value for dice in results.values() for value in dice.values()]
+    print(f"members' held-out Dice over all {len(every)} tiles (Kaggle way, each tile scored by the one member that "
+          f"never trained on it): {np.mean(every):.4f}")
+    (work / "results.json").write_text(json.dumps({"epochs": args.epochs, "held_out_dice": results,
+                                                   "mean_dice": round(float(np.mean(every)), 4)}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@ against the network in one line before any loads; ensembles; fine-tuning's start
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from scripts.checkpoints import (
@@ -156,3 +158,17 @@ def test_fine_tuning_starts_from_one_model_and_refuses_an_ensemble(tmp_path):
     with pytest.raises(SystemExit, match=r"holds an ensemble of 2; fine-tuning starts from one model: pass one of "
                                          r"its files, e.g. .*fold0/model.pt$"):
         load_initial_weights(network, str(tmp_path / "ensemble"))
+
+
+def test_members_trained_at_another_working_resolution_are_one_line_naming_the_file(tmp_path):
+    saved(tmp_path / "fold0" / "model.pt", small_unet())
+    (tmp_path / "fold0" / "best.json").write_text(json.dumps({"metric": 0.8, "epoch": 5, "downscale": 2}))
+    saved(tmp_path / "fold1" / "model.pt", small_unet())
+    (tmp_path / "fold1" / "best.json").write_text(json.dumps({"metric": 0.7, "epoch": 5, "downscale": 4}))
+    saved(tmp_path / "fold2" / "model.pt", small_unet())  # no record: taken as it is
+    with pytest.raises(SystemExit) as error:
+        ensemble(small_unet(), str(tmp_path), {"downscale": 2})
+    assert str(error.value) == (f"error: checkpoint {tmp_path / 'fold1' / 'model.pt'} was trained with downscale 4 "
+                                f"({tmp_path / 'fold1' / 'best.json'}), this run works at downscale 2: pass "
+                                "--downscale 4, or only checkpoints trained with downscale 2")
+    assert len(ensemble(small_unet(), [str(tmp_path / f"fold{k}" / "model.pt") for k in (0, 2)], {"downscale": 2})) == 2

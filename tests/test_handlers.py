@@ -100,6 +100,8 @@ def test_last_model_is_saved_when_training_ends_even_on_the_time_budget(tmp_path
     assert trainer.state.iteration < 100  # stopped by the budget, and saved all the same:
     assert torch.equal(torch.load(tmp_path / "model.pt", weights_only=True)["weight"], network.weight)
     assert json.loads((tmp_path / "best.json").read_text()) == {"metric": None, "epoch": 1}
+    LastModelSaver(str(tmp_path / "recorded"), network, {"downscale": 4})(trainer)  # what a user of it must match
+    assert json.loads((tmp_path / "recorded" / "best.json").read_text()) == {"metric": None, "epoch": 1, "downscale": 4}
     assert BestModelSaver(str(tmp_path), network, "dice").best() is None  # a later validated run saves its first best
 
 

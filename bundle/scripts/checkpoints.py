@@ -22,7 +22,8 @@ import torch
 
 from .errors import InputError, user_errors
 from .files import atomic_path
-from .folds import MODEL, fold_members
+from .folds import fold_members
+from .handlers import MODEL_FILE, RECORD_FILE, read_record
 
 __all__ = ["check_checkpoint", "checkpoint_files", "ensemble", "load_initial_weights", "read_weights",
            "save_half_precision"]
@@ -43,9 +44,9 @@ def checkpoint_files(ckpt_path: str | os.PathLike | Sequence[str | os.PathLike])
     if isinstance(ckpt_path, (str, os.PathLike)):
         path = Path(ckpt_path)
         if path.is_dir():
-            members = fold_members(path) or ([path / MODEL] if (path / MODEL).is_file() else [])
+            members = fold_members(path) or ([path / MODEL_FILE] if (path / MODEL_FILE).is_file() else [])
             if not members:
-                raise InputError(f"checkpoint folder {path} holds neither fold<k>/{MODEL} nor {MODEL}: {TRAIN_FIRST}")
+                raise InputError(f"checkpoint folder {path} holds neither fold<k>/{MODEL_FILE} nor {MODEL_FILE}: {TRAIN_FIRST}")
             return members
         paths = [path]
     else:
@@ -103,8 +104,20 @@ def check_checkpoint(ckpt_path: str | os.PathLike | Sequence[str | os.PathLike],
     return ckpt_path
 
 
+def _check_settings(path: Path, settings: dict) -> None:
+    """Fail when the record saved beside a model (``best.json``) names other values of ``settings``
+    than this run's; a model without a record (or without the setting) is taken as it is."""
+    record = read_record(path.parent) or {}
+    for key, value in settings.items():
+        if key in record and record[key] != value:
+            raise InputError(f"checkpoint {path} was trained with {key} {record[key]} ({path.parent / RECORD_FILE}), "
+                             f"this run works at {key} {value}: pass --{key} {record[key]}, or only checkpoints "
+                             f"trained with {key} {value}")
+
+
 @user_errors
-def ensemble(network: torch.nn.Module, ckpt_path: str | os.PathLike | Sequence[str | os.PathLike]) -> torch.nn.Module:
+def ensemble(network: torch.nn.Module, ckpt_path: str | os.PathLike | Sequence[str | os.PathLike],
+             settings: dict | None = None) -> torch.nn.Module:
     """The network with the checkpoint's weights, or one copy of it per member of an ensemble.
 
     Every file is checked before any is loaded, so nothing runs when one of them is bad.
@@ -112,12 +125,16 @@ def ensemble(network: torch.nn.Module, ckpt_path: str | os.PathLike | Sequence[s
     Args:
         network: the config's network (on its device); a single checkpoint is loaded into it.
         ckpt_path: what to load (see :func:`checkpoint_files`).
+        settings: this run's values of what a model must match (e.g. ``downscale``), checked against
+            what training recorded beside each model.
 
     Returns:
         ``network`` itself for one file; a :class:`torch.nn.ModuleList` of its copies, in the
         files' order, for several.
     """
     paths = checkpoint_files(ckpt_path)
+    for path in paths:
+        _check_settings(path, settings or {})
     weights = [_checked_weights(path, network) for path in paths]
     members = [network] + [copy.deepcopy(network) for _ in paths[1:]]
     for member, state in zip(members, weights):

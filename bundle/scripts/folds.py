@@ -26,10 +26,10 @@ from pathlib import Path
 from .distributed import is_main_process
 from .errors import InputError, user_errors
 from .files import write_text_atomic
+from .handlers import MODEL_FILE, read_record
 
-__all__ = ["FINISHED", "MODEL", "fold_dir", "fold_members", "train_folds"]
+__all__ = ["FINISHED", "fold_dir", "fold_members", "train_folds"]
 
-MODEL = "model.pt"  # each fold's best (or last) weights, as BestModelSaver writes them
 FINISHED = "finished.json"  # written beside a fold's model when its training ended well
 FOLD_PATTERN = re.compile(r"fold(\d+)")
 RUN_ID = "training_folds"
@@ -49,8 +49,8 @@ def fold_members(folder: str | os.PathLike) -> list[Path]:
     members = []
     for child in Path(folder).iterdir():
         match = FOLD_PATTERN.fullmatch(child.name)
-        if match and (child / MODEL).is_file():
-            members.append((int(match.group(1)), child / MODEL))
+        if match and (child / MODEL_FILE).is_file():
+            members.append((int(match.group(1)), child / MODEL_FILE))
     return [path for _, path in sorted(members)]
 
 
@@ -117,7 +117,7 @@ def train_folds(num_folds: int, ckpt_dir: str, output_dir: str, argv: list[str] 
         command = fold_command(argv, fold, ckpt_dir, output_dir)
         print(f"fold {fold} of {num_folds}: {' '.join(command[1:])}", flush=True)
         code = subprocess.run(command, check=False, env=_fold_environment()).returncode
-        if code == 0 and (fold_dir(ckpt_dir, fold) / MODEL).is_file():
+        if code == 0 and (fold_dir(ckpt_dir, fold) / MODEL_FILE).is_file():
             write_text_atomic(finished, json.dumps({"fold": fold, "num_folds": int(num_folds)}) + "\n")
         else:
             print(f"fold {fold}: training failed (exit {code}; its output is above); the other folds go on", flush=True)
@@ -132,8 +132,7 @@ def train_folds(num_folds: int, ckpt_dir: str, output_dir: str, argv: list[str] 
 def report_folds(ckpt_dir: str, num_folds: int) -> None:
     """Print each fold's validation Dice and how to run the ensemble."""
     for fold in range(num_folds):
-        best = fold_dir(ckpt_dir, fold) / "best.json"
-        fields = json.loads(best.read_text()) if best.is_file() else {}
+        fields = read_record(fold_dir(ckpt_dir, fold)) or {}
         metric = fields.get("metric")
         print(f"fold {fold}: " + (f"validation Dice {metric:.4f} (epoch {fields['epoch']})" if metric is not None
                                   else "no validation"))

@@ -18,9 +18,19 @@ from .distributed import any_rank, is_main_process
 from .errors import InputError
 from .files import atomic_path, write_text_atomic
 
-__all__ = ["BestModelSaver", "LastModelSaver", "TrainingCheckpoint", "TrainingTimeLimit", "WeightAverage"]
+__all__ = ["MODEL_FILE", "RECORD_FILE", "BestModelSaver", "LastModelSaver", "TrainingCheckpoint", "TrainingTimeLimit",
+           "WeightAverage", "read_record"]
 
 logger = logging.getLogger(__name__)
+
+MODEL_FILE = "model.pt"  # a saved model's weights (what the Model Zoo and inference load)
+RECORD_FILE = "best.json"  # beside it: {"metric", "epoch"} and the settings it was trained with
+
+
+def read_record(folder: str | Path) -> dict | None:
+    """The record saved beside a folder's model (:data:`RECORD_FILE`), or None when there is none."""
+    path = Path(folder) / RECORD_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 class TrainingTimeLimit:
@@ -78,28 +88,29 @@ class TrainingTimeLimit:
 
 class BestModelSaver:
     """Save the network when the validation metric improves: ``model.pt`` (weights only, what the
-    Model Zoo and inference load) and ``best.json`` (the metric and its epoch), each written to a
-    temporary name and renamed, so a crash never leaves a corrupt model. The best value survives a
-    resumed run.
+    Model Zoo and inference load) and ``best.json`` (the metric, its epoch and ``settings``), each
+    written to a temporary name and renamed, so a crash never leaves a corrupt model. The best
+    value survives a resumed run.
 
     Args:
         save_dir: the checkpoint folder.
         network: the network whose ``state_dict`` is saved.
         metric: the validator's metric to maximise.
+        settings: what a user of the model must match (e.g. ``downscale``), recorded in ``best.json``.
     """
 
-    def __init__(self, save_dir: str, network: torch.nn.Module, metric: str) -> None:
+    def __init__(self, save_dir: str, network: torch.nn.Module, metric: str, settings: dict | None = None) -> None:
         self.save_dir = Path(save_dir)
         self.network = network
         self.metric = metric
+        self.settings = dict(settings or {})
 
     def attach(self, validator: Engine) -> None:
         validator.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def best(self) -> dict | None:
         """``{"metric", "epoch"}`` of the best validated model saved so far, if any."""
-        path = self.save_dir / "best.json"
-        best = json.loads(path.read_text()) if path.is_file() else None
+        best = read_record(self.save_dir)
         return best if best and best["metric"] is not None else None  # None: a last-epoch model (LastModelSaver)
 
     def __call__(self, validator: Engine) -> None:
@@ -107,9 +118,9 @@ class BestModelSaver:
         best = self.best()
         if best is not None and value <= best["metric"]:
             return
-        _save_model(self.save_dir, self.network, value, validator.state.epoch)
+        _save_model(self.save_dir, self.network, value, validator.state.epoch, self.settings)
         logger.info("new best %s %.4f at epoch %d: saved %s", self.metric, value, validator.state.epoch,
-                    self.save_dir / "model.pt")
+                    self.save_dir / MODEL_FILE)
 
 
 class LastModelSaver:
@@ -120,25 +131,27 @@ class LastModelSaver:
     Args:
         save_dir: the checkpoint folder.
         network: the network whose ``state_dict`` is saved.
+        settings: recorded in ``best.json`` (see :class:`BestModelSaver`).
     """
 
-    def __init__(self, save_dir: str, network: torch.nn.Module) -> None:
+    def __init__(self, save_dir: str, network: torch.nn.Module, settings: dict | None = None) -> None:
         self.save_dir = Path(save_dir)
         self.network = network
+        self.settings = dict(settings or {})
 
     def attach(self, trainer: Engine) -> None:
         trainer.add_event_handler(Events.COMPLETED, self)  # also fired when the time budget terminates the run
 
     def __call__(self, trainer: Engine) -> None:
         if is_main_process():
-            _save_model(self.save_dir, self.network, None, trainer.state.epoch)
+            _save_model(self.save_dir, self.network, None, trainer.state.epoch, self.settings)
 
 
-def _save_model(save_dir: Path, network: torch.nn.Module, metric: float | None, epoch: int) -> None:
-    """Write ``model.pt`` (the weights) and ``best.json`` (``{"metric", "epoch"}``), each atomically."""
-    with atomic_path(save_dir / "model.pt") as tmp:
+def _save_model(save_dir: Path, network: torch.nn.Module, metric: float | None, epoch: int, settings: dict) -> None:
+    """Write ``model.pt`` (the weights) and ``best.json`` (``{"metric", "epoch", **settings}``), each atomically."""
+    with atomic_path(save_dir / MODEL_FILE) as tmp:
         torch.save(_unwrapped(network).state_dict(), tmp)
-    write_text_atomic(save_dir / "best.json", json.dumps({"metric": metric, "epoch": epoch}))
+    write_text_atomic(save_dir / RECORD_FILE, json.dumps({"metric": metric, "epoch": epoch, **settings}))
 
 
 class TrainingCheckpoint:

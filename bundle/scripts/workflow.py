@@ -6,7 +6,6 @@ a slide that cannot be used is reported and left out rather than stopping the ot
 
 from __future__ import annotations
 
-import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from ignite.engine import Engine
 from .demo import ensure_demo
 from .distributed import barrier, is_main_process, rank_share
 from .errors import DatasetError, InputError, user_errors
+from .handlers import MODEL_FILE, read_record
 from .layout import CsvRow, HubmapFolder, is_safe_id, report_problems
 from .prepare import PreparedSlide, prepare_slide
 from .regions import REGION_CODES
@@ -219,11 +219,10 @@ def report_training(ckpt_dir: str) -> None:
     """
     if not is_main_process():
         return
-    best, model = Path(ckpt_dir) / "best.json", Path(ckpt_dir) / "model.pt"
-    if not (best.is_file() and model.is_file()):
+    fields, model = read_record(ckpt_dir), Path(ckpt_dir) / MODEL_FILE
+    if fields is None or not model.is_file():
         print(f"training ended before any validation; no model saved in {ckpt_dir}")
         return
-    fields = json.loads(best.read_text())
     if fields["metric"] is None:
         print(f"no validation slides (train_on_all): the last epoch's weights (epoch {fields['epoch']}) saved to {model}")
         return
