@@ -182,7 +182,7 @@ def test_mlflow_tracking_records_parameters_metrics_the_run_config_and_the_model
     assert len(artifacts) == 3 and {"best.json", "model.pt"} <= set(artifacts)  # the model, and every setting:
     assert [a for a in artifacts if a.startswith("config_") and a.endswith(".json")]
     logged = Path(client.download_artifacts(run.info.run_id, "model.pt", str(tmp_path / "download")))
-    assert logged.read_bytes() == (tmp_path / "models" / "model.pt").read_bytes()
+    assert logged.read_bytes() == (tmp_path / "checkpoints" / "model.pt").read_bytes()  # train.yaml's ckpt_dir
 
 
 def test_pseudo_labels_are_written_and_trained_on(trained, tmp_path):
