@@ -48,3 +48,19 @@ def test_a_failed_fold_is_one_line_the_others_finish_and_a_rerun_trains_only_it(
     train_folds(3, str(ensemble), str(tmp_path / "logs"), argv[:-2])  # fixed: only fold 1 runs again
     assert (tmp_path / "runs.txt").read_text().split() == ["0", "1", "2", "1"]
     assert [path.read_text() for path in fold_members(ensemble)] == ["0", "1", "2"]
+
+
+def test_under_torchrun_a_rank_trains_its_share_of_the_folds_on_its_own_gpu_alone(tmp_path, monkeypatch):
+    config = tiny_bundle(tmp_path)
+    seen = tmp_path / "environment.txt"
+    text = config.read_text().replace("'$import sys'", "'$import sys', '$import os'")
+    config.write_text(text.replace("training:\n", "training:\n"
+        f"  - \"$open({str(seen)!r}, 'a').write(os.environ.get('CUDA_VISIBLE_DEVICES', '') + ' ' + "
+        "str('RANK' in os.environ) + ' ')\"\n"))
+    for key, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "CUDA_VISIBLE_DEVICES": "4,5",
+                       "MASTER_PORT": "29500"}.items():
+        monkeypatch.setenv(key, value)
+    train_folds(4, str(tmp_path / "ensemble"), str(tmp_path / "logs"),
+                ["__main__.py", "run", "training_folds", "--config_file", str(config)])
+    assert (tmp_path / "runs.txt").read_text().split() == ["1", "3"]  # rank 1 of 2: folds 1 and 3
+    assert seen.read_text().split() == ["5", "False", "5", "False"]  # its GPU, and no process group to join
