@@ -83,7 +83,7 @@ class WindowInferer(Inferer):
         """
         if torch.device(device).type not in WARM_UP_DEVICES:
             return
-        # the layout change replaces the weights, so it happens here, before a checkpoint fills them
+        # the layout change replaces the weight tensors (their values kept), so it happens here, not in the thread
         self._set_layout(network)
         self._warm_batch = batch_size
         blank = torch.zeros(batch_size, 3, roi, roi, dtype=torch.uint8, device=device)
