@@ -46,7 +46,8 @@ def checkpoint_files(ckpt_path: str | os.PathLike | Sequence[str | os.PathLike])
         if path.is_dir():
             members = fold_members(path) or ([path / MODEL_FILE] if (path / MODEL_FILE).is_file() else [])
             if not members:
-                raise InputError(f"checkpoint folder {path} holds neither fold<k>/{MODEL_FILE} nor {MODEL_FILE}: {TRAIN_FIRST}")
+                raise InputError(f"checkpoint folder {path} holds neither fold<k>/{MODEL_FILE} nor {MODEL_FILE}: "
+                                 f"{TRAIN_FIRST}")
             return members
         paths = [path]
     else:

@@ -23,7 +23,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .distributed import is_main_process
 from .errors import InputError, user_errors
 from .files import write_text_atomic
 from .handlers import MODEL_FILE, read_record
@@ -125,7 +124,7 @@ def train_folds(num_folds: int, ckpt_dir: str, output_dir: str, argv: list[str] 
     if failed:
         raise InputError(f"fold(s) {', '.join(map(str, failed))} did not finish; rerun the same command to train them "
                          "(finished folds are skipped)")
-    if is_main_process() and world == 1:
+    if world == 1:  # under torchrun each rank knows only its own folds
         report_folds(ckpt_dir, int(num_folds))
 
 
