@@ -152,6 +152,12 @@ def fold_commands(root: Path, minutes: float, overrides: list[str],
     return train, evaluate
 
 
+def read_dice(metrics: Path) -> dict[str, float]:
+    """``{slide id: Dice}`` from an evaluation's ``metrics.csv`` (its ``mean`` row left out)."""
+    with open(metrics, newline="") as stream:
+        return {row["id"]: float(row["dice"]) for row in csv.DictReader(stream) if row["id"] != "mean"}
+
+
 def run_fold(root: Path, minutes: float, overrides: list[str], train_overrides: list[str]) -> dict:
     """Train and evaluate on one fold folder (see :func:`fold_commands`); the fold's record for results.json."""
     record: dict = {"train_minutes": None, "eval_minutes": None, "dice": {}, "error": None}
@@ -170,8 +176,7 @@ def run_fold(root: Path, minutes: float, overrides: list[str], train_overrides: 
     if code or not metrics.is_file():
         record["error"] = f"evaluation failed (exit {code}): {last_line(root / 'eval.log')} [{root / 'eval.log'}]"
         return record
-    with open(metrics, newline="") as stream:
-        record["dice"] = {row["id"]: float(row["dice"]) for row in csv.DictReader(stream) if row["id"] != "mean"}
+    record["dice"] = read_dice(metrics)
     return record
 
 

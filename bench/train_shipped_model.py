@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from common import BUNDLE
 from monai.bundle import ConfigParser
-from real_tiles import DATA, bundle_command, last_line, read_tiles, run_logged, write_fold
+from real_tiles import DATA, bundle_command, last_line, read_dice, read_tiles, run_logged, write_fold
 from scripts.checkpoints import save_half_precision
 from scripts.folds import fold_dir, fold_members
 from scripts.handlers import MODEL_FILE, RECORD_FILE, read_record
@@ -84,8 +84,7 @@ def evaluate_member(work: Path, tiles: dict, fold: int, member: Path, held: list
         code, _ = run_logged(command, root / "eval.log")
         if code or not metrics.is_file():
             sys.exit(f"evaluating fold {fold} failed (exit {code}): {last_line(root / 'eval.log')}")
-    rows = [line.split(",") for line in metrics.read_text().splitlines()[1:]]
-    return {tile: float(dice) for tile, dice in rows if tile != "mean"}
+    return read_dice(metrics)
 
 
 def main() -> None:
