@@ -7,6 +7,7 @@ tile-grouped 4-fold cross-validation over the 16 AIDPATH PAS tiles (1024 x 1024,
     python bench/real_tiles.py --override downscale=1   # a variant: passed to training and evaluation
     python bench/real_tiles.py --train-override loss#batch=True  # a training-only setting
     python bench/real_tiles.py --override network_def#norm=None  # None (or null) sets null
+    python bench/real_tiles.py --members 2 --minutes 7.5  # a 2-network fold ensemble per fold, same compute
 
 What it measures: for each fold, 12 tiles are the training set and 4 are held out. The bundle is
 trained exactly as a user would (``python -m monai.bundle run training --config_file
@@ -17,8 +18,13 @@ held-out tiles (``python -m monai.bundle run evaluating`` with inference.yaml + 
 ``eval/metrics.csv``). Printed: Dice per held-out tile, per fold mean, the overall mean over all
 held-out tiles (Kaggle way: mean over images), training wall-clock minutes per fold (the whole
 training command: start-up, slide preparation, training and its validations), and whether the goal
-is met (mean Dice >= 0.86 with a 15-minute CPU budget per fold). Results also go to
-``<work-dir>/results.json``; each command's output to ``<work-dir>/fold<k>/{train,eval}.log``.
+is met (mean Dice >= 0.80 with a 15-minute CPU budget per trained network). Results also go to
+``<work-dir>/results.json`` (after each fold); each command's output to ``<work-dir>/fold<k>/{train,eval}.log``.
+
+``--members K`` trains K networks per fold, network k with train.yaml's ``--fold k`` (its own
+validation tiles among the 12) into ``models/fold<k>/``, as ``run training_folds`` lays out a fold
+ensemble; the folder is evaluated as the ensemble and each member alone (``eval_fold<k>/``), so
+ensemble and single network are compared on the same trainings.
 
 Folds: grouped by tile, stratified by glomerulus count (connected components of each mask); tiles
 are sorted by count (ties by foreground pixels), dealt in blocks of 4 with a seeded shuffle inside
@@ -49,13 +55,14 @@ import numpy as np
 from common import REPO, SHARED
 from imagecodecs import imread
 from scipy import ndimage
-from scripts.files import write_csv
+from scripts.files import write_csv, write_text_atomic
+from scripts.folds import fold_dir
 from scripts.pyramid import write_pyramid
 from scripts.rle import rle_encode
 
 DATA = SHARED / "data" / "aidpath_glomeruli"
 NUM_FOLDS = 4
-GOAL_DICE = 0.86
+GOAL_DICE = 0.80
 GOAL_MINUTES = 15
 
 
@@ -136,20 +143,42 @@ def last_line(log: Path) -> str:
     return lines[-1] if lines else "(empty log)"
 
 
-def fold_commands(root: Path, minutes: float, overrides: list[str],
-                  train_overrides: list[str]) -> tuple[list[str], list[str]]:
+def member_dirs(root: Path, members: int) -> list[Path]:
+    """Where each trained network of a fold folder goes: ``models/`` for one, ``models/fold<k>/`` for an ensemble."""
+    models = root / "models"
+    return [models] if members == 1 else [fold_dir(models, member) for member in range(members)]
+
+
+def fold_commands(root: Path, minutes: float, overrides: list[str], train_overrides: list[str],
+                  members: int = 1) -> tuple[list[list[str]], dict[str, list[str]]]:
     """The training and evaluation commands of one fold folder.
 
-    ``overrides`` go to both commands, ``train_overrides`` (keys that only train.yaml has) to training.
+    ``overrides`` go to every command, ``train_overrides`` (keys that only train.yaml has) to training.
+    With ``members`` > 1 member ``k`` trains with train.yaml's ``fold`` ``k`` (its own 3 validation
+    tiles of the 12) into ``models/fold<k>/``, as ``run training_folds`` would, and the ensemble is
+    evaluated from the folder as well as each member alone (paired: the same trainings).
+
+    Returns:
+        ``(trainings, evaluations)``: one training command per member; ``{output folder name:
+        evaluation command}``, ``eval`` being the model's (the ensemble's) and ``eval_fold<k>`` member ``k``'s.
     """
     paths = {"dataset_dir": str(root), "cache_dir": str(root / "cache")}
-    train = bundle_command("training", "bundle/configs/train.yaml", {
-        **paths, "output_dir": str(root / "logs"), "ckpt_dir": str(root / "models"), "max_train_minutes": str(minutes),
-    }, overrides + train_overrides)
-    evaluate = bundle_command("evaluating", "['bundle/configs/inference.yaml','bundle/configs/evaluate.yaml']", {
-        **paths, "ckpt_path": str(root / "models" / "model.pt"), "output_dir": str(root / "eval"),
-    }, overrides)
-    return train, evaluate
+    trainings = []
+    for member, ckpt_dir in enumerate(member_dirs(root, members)):
+        per_member = {} if members == 1 else {"fold": str(member)}
+        logs = root / "logs" / ckpt_dir.relative_to(root / "models")
+        trainings.append(bundle_command("training", "bundle/configs/train.yaml", {
+            **paths, **per_member, "output_dir": str(logs), "ckpt_dir": str(ckpt_dir),
+            "max_train_minutes": str(minutes)}, overrides + train_overrides))
+    checkpoints = {"eval": root / "models" / ("" if members > 1 else "model.pt")}
+    if members > 1:
+        checkpoints |= {f"eval_fold{member}": ckpt_dir / "model.pt"
+                        for member, ckpt_dir in enumerate(member_dirs(root, members))}
+    evaluations = {name: bundle_command(
+        "evaluating", "['bundle/configs/inference.yaml','bundle/configs/evaluate.yaml']",
+        {**paths, "ckpt_path": str(path), "output_dir": str(root / name)}, overrides)
+        for name, path in checkpoints.items()}
+    return trainings, evaluations
 
 
 def read_dice(metrics: Path) -> dict[str, float]:
@@ -158,25 +187,36 @@ def read_dice(metrics: Path) -> dict[str, float]:
         return {row["id"]: float(row["dice"]) for row in csv.DictReader(stream) if row["id"] != "mean"}
 
 
-def run_fold(root: Path, minutes: float, overrides: list[str], train_overrides: list[str]) -> dict:
-    """Train and evaluate on one fold folder (see :func:`fold_commands`); the fold's record for results.json."""
+def run_fold(root: Path, minutes: float, overrides: list[str], train_overrides: list[str],
+             members: int = 1) -> dict:
+    """Train and evaluate on one fold folder (see :func:`fold_commands`); the fold's record for results.json.
+
+    ``dice`` is the model's (with ``members`` > 1 the ensemble's), ``member_dice`` each member's alone.
+    """
     record: dict = {"train_minutes": None, "eval_minutes": None, "dice": {}, "error": None}
-    train, evaluate = fold_commands(root, minutes, overrides, train_overrides)
-    code, seconds = run_logged(train, root / "train.log")
-    record["train_minutes"] = round(seconds / 60, 2)
-    best = root / "models" / "best.json"
-    if best.is_file():
-        record["best_validation"] = json.loads(best.read_text())
-    if code or not (root / "models" / "model.pt").is_file():
-        record["error"] = f"training failed (exit {code}): {last_line(root / 'train.log')} [{root / 'train.log'}]"
-        return record
-    code, seconds = run_logged(evaluate, root / "eval.log")
-    record["eval_minutes"] = round(seconds / 60, 2)
-    metrics = root / "eval" / "metrics.csv"
-    if code or not metrics.is_file():
-        record["error"] = f"evaluation failed (exit {code}): {last_line(root / 'eval.log')} [{root / 'eval.log'}]"
-        return record
-    record["dice"] = read_dice(metrics)
+    trainings, evaluations = fold_commands(root, minutes, overrides, train_overrides, members)
+    record["train_minutes"] = 0.0
+    for member, (train, ckpt_dir) in enumerate(zip(trainings, member_dirs(root, members))):
+        log = root / ("train.log" if members == 1 else f"train_fold{member}.log")
+        code, seconds = run_logged(train, log)
+        record["train_minutes"] = round(record["train_minutes"] + seconds / 60, 2)
+        if (ckpt_dir / "best.json").is_file():
+            record.setdefault("best_validation", []).append(json.loads((ckpt_dir / "best.json").read_text()))
+        if code or not (ckpt_dir / "model.pt").is_file():
+            record["error"] = f"training failed (exit {code}): {last_line(log)} [{log}]"
+            return record
+    record["eval_minutes"] = 0.0
+    for name, evaluate in evaluations.items():
+        code, seconds = run_logged(evaluate, root / f"{name}.log")
+        record["eval_minutes"] = round(record["eval_minutes"] + seconds / 60, 2)
+        metrics = root / name / "metrics.csv"
+        if code or not metrics.is_file():
+            record["error"] = f"evaluation failed (exit {code}): {last_line(root / f'{name}.log')} [{root / f'{name}.log'}]"
+            return record
+        if name == "eval":
+            record["dice"] = read_dice(metrics)
+        else:
+            record.setdefault("member_dice", {})[name.removeprefix("eval_")] = read_dice(metrics)
     return record
 
 
@@ -187,6 +227,9 @@ def main() -> None:
     parser.add_argument("--work-dir", default="/tmp/real_tiles", help="fold folders, logs and results.json")
     parser.add_argument("--data", default=str(DATA), help="the AIDPATH tiles (images/, masks/)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fold shuffle")
+    parser.add_argument("--members", type=int, default=1,
+                        help="networks per fold (train.yaml folds 0..K-1 of its 12 tiles), evaluated as an ensemble "
+                             "and each alone; --minutes is each one's budget")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                         help="bundle setting for training and evaluation, e.g. downscale=1 (repeatable)")
     parser.add_argument("--train-override", action="append", default=[], metavar="KEY=VALUE",
@@ -198,6 +241,8 @@ def main() -> None:
         sys.exit(f"real tiles not found: {data} (images/ and masks/) is absent; nothing to measure")
     if bad := [fold for fold in args.folds if not 0 <= fold < NUM_FOLDS]:
         sys.exit(f"--folds must be among 0..{NUM_FOLDS - 1}, got {bad}")
+    if args.members < 1 or args.members > NUM_FOLDS:
+        sys.exit(f"--members must be among 1..{NUM_FOLDS} (one per fold of train.yaml's split), got {args.members}")
     if bad := [o for o in args.override + args.train_override if "=" not in o or not o.partition("=")[0]]:
         sys.exit(f"--override and --train-override take KEY=VALUE, got {bad}")
     tiles = read_tiles(data)
@@ -208,28 +253,31 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     print(f"{len(tiles)} tiles from {data}; held-out tiles per fold: "
           + "; ".join(f"{k}: {' '.join(f)}" for k, f in enumerate(folds)))
-    print(f"training budget {args.minutes:g} min per fold; overrides: {' '.join(args.override) or 'none'}; "
+    print(f"training budget {args.minutes:g} min per network, {args.members} network(s) per fold; overrides: {' '.join(args.override) or 'none'}; "
           f"training-only overrides: {' '.join(args.train_override) or 'none'}; "
           f"work folder {work}", flush=True)
 
     results: dict = {"data": str(data), "minutes": args.minutes, "overrides": args.override,
                      "train_overrides": args.train_override, "seed": args.seed,
+                     "members": args.members,
                      "glomeruli": counts, "folds": {}}
     for fold in args.folds:
         root = work / f"fold{fold}"
         shutil.rmtree(root, ignore_errors=True)  # a fresh start: no resumed checkpoint, no reused result
         write_fold(root, tiles, folds[fold])
-        print(f"fold {fold}: training on {len(tiles) - len(folds[fold])} tiles, {args.minutes:g} min ...", flush=True)
-        record = run_fold(root, args.minutes, args.override, args.train_override)
+        print(f"fold {fold}: training on {len(tiles) - len(folds[fold])} tiles, {args.members} x {args.minutes:g} min ...",
+              flush=True)
+        record = run_fold(root, args.minutes, args.override, args.train_override, args.members)
         record["held_out"] = folds[fold]
         results["folds"][fold] = record
         summary = (f"mean Dice {np.mean(list(record['dice'].values())):.4f}" if record["dice"]
                    else f"FAILED: {record['error']}")
         print(f"fold {fold}: trained {record['train_minutes']} min, evaluated {record['eval_minutes']} min, "
               f"{summary}", flush=True)
+        write_text_atomic(work / "results.json", json.dumps(results, indent=1) + "\n")  # each finished fold kept, should the run be cut short
 
     print_table(results)
-    (work / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    write_text_atomic(work / "results.json", json.dumps(results, indent=1) + "\n")
     print(f"results: {work / 'results.json'}")
     if any(record["error"] for record in results["folds"].values()):
         sys.exit(1)
@@ -254,14 +302,27 @@ def print_table(results: dict) -> None:
     mean = float(np.mean(all_dice)) if all_dice else float("nan")
     results["mean_dice"] = round(mean, 4)
     folds_run = len(results["folds"])
-    print(f"\noverall mean Dice over {len(all_dice)} held-out tile(s) in {folds_run} fold(s): {mean:.4f}")
+    print(f"\noverall mean Dice over {len(all_dice)} held-out tile(s) in {folds_run} fold(s): {mean:.4f}"
+          + (" (the ensemble)" if results.get("members", 1) > 1 else ""))
+    member_means = {}
+    for member in range(results.get("members", 1) if complete else 0):
+        scores = [dice for record in results["folds"].values()
+                  for dice in record.get("member_dice", {}).get(f"fold{member}", {}).values()]
+        if len(scores) == len(all_dice):
+            member_means[f"fold{member}"] = round(float(np.mean(scores)), 4)
+    if member_means:
+        results["member_mean_dice"] = member_means
+        print("each member alone (paired: the same trainings): "
+              + ", ".join(f"{name} {value:.4f}" for name, value in member_means.items())
+              + f"; their mean {np.mean(list(member_means.values())):.4f}")
     within_budget = results["minutes"] <= GOAL_MINUTES
     met = complete and within_budget and mean >= GOAL_DICE
     results["goal_met"] = met
     note = "" if folds_run == NUM_FOLDS else f" (only {folds_run} of {NUM_FOLDS} folds run)"
     if not complete:
         note += " (some tiles have no Dice)"
-    print(f"goal: mean Dice >= {GOAL_DICE} with a {GOAL_MINUTES}-minute CPU budget per fold: "
+    print(f"goal: mean Dice >= {GOAL_DICE} with a {GOAL_MINUTES}-minute CPU budget per network "
+          f"(the issue asks for it as the mean of two seeds' runs): "
           f"{'met' if met else 'not met'}{note}")
 
 

@@ -11,6 +11,7 @@ from conftest import REPO
 
 sys.path.insert(0, str(REPO / "bench"))
 from real_tiles import fold_commands  # noqa: E402
+from scripts.folds import fold_dir  # noqa: E402
 
 
 def options(command: list[str]) -> dict[str, str]:
@@ -19,7 +20,9 @@ def options(command: list[str]) -> dict[str, str]:
 
 
 def test_training_gets_both_kinds_of_override_and_evaluation_only_the_shared_ones(tmp_path):
-    train, evaluate = fold_commands(tmp_path, 15, ["downscale=4"], ["seed=1", "loss#batch=True"])
+    (train,), evaluations = fold_commands(tmp_path, 15, ["downscale=4"], ["seed=1", "loss#batch=True"])
+    assert list(evaluations) == ["eval"]
+    evaluate = evaluations["eval"]
     trained, evaluated = options(train[5:]), options(evaluate[5:])
     assert train[3:5] == ["run", "training"] and evaluate[3:5] == ["run", "evaluating"]
     assert trained["downscale"] == evaluated["downscale"] == "4"
@@ -29,10 +32,27 @@ def test_training_gets_both_kinds_of_override_and_evaluation_only_the_shared_one
 
 
 def test_a_null_setting_is_passed_as_an_expression_because_the_cli_drops_none(tmp_path):
-    train, evaluate = fold_commands(tmp_path, 15, ["network_def#norm=None"], ["ema_momentum=null"])
+    (train,), evaluations = fold_commands(tmp_path, 15, ["network_def#norm=None"], ["ema_momentum=null"])
+    evaluate = evaluations["eval"]
     trained, evaluated = options(train[5:]), options(evaluate[5:])
     assert trained["network_def#norm"] == evaluated["network_def#norm"] == "$None"
     assert trained["ema_momentum"] == "$None"
+
+
+def test_members_train_their_own_folds_into_a_fold_ensemble_folder_scored_whole_and_alone(tmp_path):
+    trainings, evaluations = fold_commands(tmp_path, 7.5, ["downscale=4"], ["seed=1"], members=2)
+    trained = [options(train[5:]) for train in trainings]
+    assert [t["fold"] for t in trained] == ["0", "1"] and {t["seed"] for t in trained} == {"1"}
+    assert [Path(t["ckpt_dir"]) for t in trained] == [fold_dir(tmp_path / "models", k) for k in (0, 1)]
+    assert len({t["output_dir"] for t in trained}) == 2 and {t["max_train_minutes"] for t in trained} == {"7.5"}
+    evaluated = {name: options(command[5:]) for name, command in evaluations.items()}
+    assert list(evaluated) == ["eval", "eval_fold0", "eval_fold1"]
+    # the ensemble is the folder, which checkpoints.checkpoint_files reads as fold<k>/model.pt in fold order
+    assert Path(evaluated["eval"]["ckpt_path"]) == tmp_path / "models"
+    for member in (0, 1):
+        assert Path(evaluated[f"eval_fold{member}"]["ckpt_path"]) == Path(trained[member]["ckpt_dir"]) / "model.pt"
+        assert Path(evaluated[f"eval_fold{member}"]["output_dir"]) == tmp_path / f"eval_fold{member}"
+    assert {e["downscale"] for e in evaluated.values()} == {"4"} and not any("seed" in e for e in evaluated.values())
 
 
 def test_the_bundle_cli_ignores_none_and_applies_the_null_expression(tmp_path):
