@@ -27,8 +27,15 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def tiled_slide(path: Path, source: Path, rows: int, cols: int, glass_cols: int = 0,
-                crop: tuple[int, int] | None = None, compression: str = "jpeg") -> tuple[int, int]:
+def tiled_slide(
+    path: Path,
+    source: Path,
+    rows: int,
+    cols: int,
+    glass_cols: int = 0,
+    crop: tuple[int, int] | None = None,
+    compression: str = "jpeg",
+) -> tuple[int, int]:
     """Write a large slide made of ``rows x cols`` copies of a real or demo slide, plus ``glass_cols``
     copies' width of empty glass on the right, band by band (never whole in memory).
 
@@ -45,6 +52,7 @@ def tiled_slide(path: Path, source: Path, rows: int, cols: int, glass_cols: int 
         The slide's ``(height, width)``.
     """
     from cucim import CuImage
+
     from scripts.pyramid import write_pyramid
 
     tile = np.asarray(CuImage(str(source)).read_region(location=(0, 0), level=0, device="cpu"))[..., :3]
@@ -56,6 +64,7 @@ def tiled_slide(path: Path, source: Path, rows: int, cols: int, glass_cols: int 
         rows_index = np.arange(y0, y1) % tile.shape[0]
         return strip[rows_index]
 
-    write_pyramid(path, read_band, (height, width), compression=compression,
-                  quality=90 if compression == "jpeg" else None)
+    write_pyramid(
+        path, read_band, (height, width), compression=compression, quality=90 if compression == "jpeg" else None
+    )
     return height, width

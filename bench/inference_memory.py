@@ -20,8 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import BUNDLE, REPO, tiled_slide
 from cucim import CuImage
+
+from common import BUNDLE, REPO, tiled_slide
 
 
 def crop_to(path: Path, height: int, width: int, demo_slide: Path) -> None:
@@ -34,9 +35,27 @@ def crop_to(path: Path, height: int, width: int, demo_slide: Path) -> None:
 
 def run(dataset: Path, out: Path, batch: int, ckpt: str) -> tuple[float, float]:
     """``(peak GiB, seconds)`` of one inference run."""
-    command = ["/usr/bin/time", "-v", sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file",
-               str(BUNDLE / "configs" / "inference.yaml"), "--dataset_dir", str(dataset), "--output_dir", str(out),
-               "--cache_dir", str(out / "cache"), "--ckpt_path", ckpt, "--batch_size", str(batch)]
+    command = [
+        "/usr/bin/time",
+        "-v",
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "inference",
+        "--config_file",
+        str(BUNDLE / "configs" / "inference.yaml"),
+        "--dataset_dir",
+        str(dataset),
+        "--output_dir",
+        str(out),
+        "--cache_dir",
+        str(out / "cache"),
+        "--ckpt_path",
+        ckpt,
+        "--batch_size",
+        str(batch),
+    ]
     started = time.perf_counter()
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     seconds = time.perf_counter() - started
@@ -64,8 +83,11 @@ def main() -> None:
             crop_to(dataset / "test" / "big.tiff", height, width, demo_slide)
             for batch in args.batches:
                 peak, seconds = run(dataset, Path(folder) / f"out{batch}", batch, args.ckpt)
-                print(f"slide {width} x {height} (half tissue), batch {batch}: peak {peak:.2f} GiB "
-                      f"(goal < 3 GiB), {seconds:.0f} s", flush=True)
+                print(
+                    f"slide {width} x {height} (half tissue), batch {batch}: peak {peak:.2f} GiB "
+                    f"(goal < 3 GiB), {seconds:.0f} s",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 import torch
+
 from common import BUNDLE, cpu_seconds, peak_rss_mib, tiled_slide
 from scripts.checkpoints import checkpoint_files
 
@@ -57,10 +58,19 @@ VARIANTS = ("ours", "network", "stock", "stock_mixed")
 
 
 def overrides(args: argparse.Namespace, work: Path) -> dict:
-    return {"dataset_dir": str(work / "data"), "output_dir": str(work / "ours"), "cache_dir": str(work / "cache"),
-            "ckpt_path": args.ckpt, "infer_roi": args.roi, "overlap": args.overlap, "batch_size": args.batch,
-            "device": f"$torch.device('{args.device}')", "overwrite": True, "num_workers": args.workers,
-            "tta": args.tta == "true"}
+    return {
+        "dataset_dir": str(work / "data"),
+        "output_dir": str(work / "ours"),
+        "cache_dir": str(work / "cache"),
+        "ckpt_path": args.ckpt,
+        "infer_roi": args.roi,
+        "overlap": args.overlap,
+        "batch_size": args.batch,
+        "device": f"$torch.device('{args.device}')",
+        "overwrite": True,
+        "num_workers": args.workers,
+        "tta": args.tta == "true",
+    }
 
 
 def parser_for(args: argparse.Namespace, work: Path):
@@ -103,6 +113,7 @@ def run_stock(args: argparse.Namespace, work: Path, mixed_precision: bool = Fals
     inferer (same precision and layout as ours), to separate the pipeline's gain from the precision's."""
     from monai.data import WSIReader
     from monai.inferers import sliding_window_inference
+
     from scripts.rle import rle_encode
     from scripts.slides import inspect_slide, working_level
 
@@ -117,7 +128,9 @@ def run_stock(args: argparse.Namespace, work: Path, mixed_precision: bool = Fals
     image, _ = reader.get_data(reader.read(str(slide)), level=level)
     inputs = torch.from_numpy(np.asarray(image, np.float32) / 255)[None].to(args.device)
     with torch.no_grad():
-        logits = sliding_window_inference(inputs, args.roi, args.batch, predictor, overlap=args.overlap, mode="gaussian")
+        logits = sliding_window_inference(
+            inputs, args.roi, args.batch, predictor, overlap=args.overlap, mode="gaussian"
+        )
         height, width = inspect_slide(slide).shape
         probability = torch.nn.functional.interpolate(torch.sigmoid(logits), scale_factor=2, mode="bilinear")
         mask = (probability[0, 0, :height, :width] > 0.5).cpu().numpy()
@@ -127,9 +140,30 @@ def run_stock(args: argparse.Namespace, work: Path, mixed_precision: bool = Fals
 
 def child(args: argparse.Namespace, variant: str, work: Path, windows: int = 0, ckpt: str | None = None) -> dict:
     """Run one variant in a fresh process (with ``ckpt`` instead of ``--ckpt``); its result plus its peak memory."""
-    command = [sys.executable, __file__, "--variant", variant, "--work", str(work), "--windows", str(windows),
-               "--ckpt", ckpt or args.ckpt, "--roi", str(args.roi), "--overlap", str(args.overlap), "--batch",
-               str(args.batch), "--device", args.device, "--workers", str(args.workers), "--tta", args.tta]
+    command = [
+        sys.executable,
+        __file__,
+        "--variant",
+        variant,
+        "--work",
+        str(work),
+        "--windows",
+        str(windows),
+        "--ckpt",
+        ckpt or args.ckpt,
+        "--roi",
+        str(args.roi),
+        "--overlap",
+        str(args.overlap),
+        "--batch",
+        str(args.batch),
+        "--device",
+        args.device,
+        "--workers",
+        str(args.workers),
+        "--tta",
+        args.tta,
+    ]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
@@ -141,9 +175,12 @@ def measure_once(args: argparse.Namespace, work: Path) -> dict[str, dict]:
     members = checkpoint_files(args.ckpt)
     first = str(members[0])
     ours = child(args, "ours", work)
-    results = {"ours": ours, "network": child(args, "network", work, ours["windows"]),
-               "stock": child(args, "stock", work, ckpt=first),
-               "stock_mixed": child(args, "stock_mixed", work, ckpt=first)}
+    results = {
+        "ours": ours,
+        "network": child(args, "network", work, ours["windows"]),
+        "stock": child(args, "stock", work, ckpt=first),
+        "stock_mixed": child(args, "stock_mixed", work, ckpt=first),
+    }
     if len(members) > 1:
         shutil.rmtree(work / "cache", ignore_errors=True)
         results["ours_single"] = child(args, "ours", work, ckpt=first)
@@ -172,13 +209,24 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of ours")
-    parser.add_argument("--tta", default="false", choices=["true", "false"],
-                        help="flip TTA in ours and the network-alone run (the stock approach has none)")
+    parser.add_argument(
+        "--tta",
+        default="false",
+        choices=["true", "false"],
+        help="flip TTA in ours and the network-alone run (the stock approach has none)",
+    )
     parser.add_argument("--slide-compression", default="jpeg", choices=["jpeg", "zlib"])
-    parser.add_argument("--repeats", type=int, default=1,
-                        help="rounds of all variants; times are their medians (the machine may be shared and noisy)")
-    parser.add_argument("--work-dir", help="keep the slide and every run's outputs here (default: a temporary folder); "
-                        "a slide already there is reused, e.g. to profile one variant with --variant ours --work")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="rounds of all variants; times are their medians (the machine may be shared and noisy)",
+    )
+    parser.add_argument(
+        "--work-dir",
+        help="keep the slide and every run's outputs here (default: a temporary folder); "
+        "a slide already there is reused, e.g. to profile one variant with --variant ours --work",
+    )
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--windows", type=int, default=0, help=argparse.SUPPRESS)
@@ -186,8 +234,12 @@ def main() -> None:
 
     if args.variant:  # a child: one measurement, printed as JSON
         work = Path(args.work)
-        run = {"ours": lambda: run_ours(args, work), "network": lambda: run_network(args, work, args.windows),
-               "stock": lambda: run_stock(args, work), "stock_mixed": lambda: run_stock(args, work, True)}[args.variant]
+        run = {
+            "ours": lambda: run_ours(args, work),
+            "network": lambda: run_network(args, work, args.windows),
+            "stock": lambda: run_stock(args, work),
+            "stock_mixed": lambda: run_stock(args, work, True),
+        }[args.variant]
         print(json.dumps({**run(), "peak_mib": peak_rss_mib()}))
         return
 
@@ -205,42 +257,64 @@ def main() -> None:
         else:
             slide.parent.mkdir(parents=True, exist_ok=True)
             source = sorted((Path(args.demo) / "test").glob("*.tiff"))[0]
-            height, width = tiled_slide(slide, source, args.rows, args.cols, args.glass,
-                                        compression=args.slide_compression)
+            height, width = tiled_slide(
+                slide, source, args.rows, args.cols, args.glass, compression=args.slide_compression
+            )
         runs = [measure_once(args, work) for _ in range(args.repeats)]
         tissue = json.loads((work / "ours" / "summaries" / "bench.json").read_text())["tissue_fraction"]
     ours, network, stock, stock_mixed = (median_run([run[variant] for run in runs]) for variant in VARIANTS)
     megapixels = height * width / 1e6
-    print(f"slide {width} x {height} ({megapixels:.0f} MP at level 0, tissue {tissue:.0%}), roi {args.roi}, "
-          f"overlap {args.overlap}, batch {args.batch}, tta {args.tta}, device {args.device}, "
-          f"torch threads {torch.get_num_threads()}")
+    print(
+        f"slide {width} x {height} ({megapixels:.0f} MP at level 0, tissue {tissue:.0%}), roi {args.roi}, "
+        f"overlap {args.overlap}, batch {args.batch}, tta {args.tta}, device {args.device}, "
+        f"torch threads {torch.get_num_threads()}"
+    )
     if args.repeats > 1:
-        print(f"medians of {args.repeats} rounds (each round runs every variant once, in turn); seconds per round: "
-              + "; ".join(f"{variant} " + ", ".join(f"{run[variant]['seconds']:.1f}" for run in runs)
-                          for variant in VARIANTS))
-    print(f"ours:    {ours['seconds']:.1f} s for {ours['windows']} tissue windows, peak {ours['peak_mib']:.0f} MiB, "
-          f"{megapixels / ours['seconds']:.1f} MP/s")
+        print(
+            f"medians of {args.repeats} rounds (each round runs every variant once, in turn); seconds per round: "
+            + "; ".join(
+                f"{variant} " + ", ".join(f"{run[variant]['seconds']:.1f}" for run in runs) for variant in VARIANTS
+            )
+        )
+    print(
+        f"ours:    {ours['seconds']:.1f} s for {ours['windows']} tissue windows, peak {ours['peak_mib']:.0f} MiB, "
+        f"{megapixels / ours['seconds']:.1f} MP/s"
+    )
     print(f"network: {network['seconds']:.1f} s for the same windows")
-    print(f"stock:   {stock['seconds']:.1f} s, peak {stock['peak_mib']:.0f} MiB, {megapixels / stock['seconds']:.1f} MP/s")
-    print(f"stock with the bundle's precision and layout: {stock_mixed['seconds']:.1f} s, "
-          f"peak {stock_mixed['peak_mib']:.0f} MiB")
+    print(
+        f"stock:   {stock['seconds']:.1f} s, peak {stock['peak_mib']:.0f} MiB, {megapixels / stock['seconds']:.1f} MP/s"
+    )
+    print(
+        f"stock with the bundle's precision and layout: {stock_mixed['seconds']:.1f} s, "
+        f"peak {stock_mixed['peak_mib']:.0f} MiB"
+    )
     print(f"pipeline/network time ratio: {ours['seconds'] / network['seconds']:.2f} (goal <= 1.25)")
-    print(f"stock/ours time ratio: {stock['seconds'] / ours['seconds']:.2f} (goal >= 1.8); "
-          f"peak memory ours {ours['peak_mib']:.0f} MiB vs stock {stock['peak_mib']:.0f} MiB")
+    print(
+        f"stock/ours time ratio: {stock['seconds'] / ours['seconds']:.2f} (goal >= 1.8); "
+        f"peak memory ours {ours['peak_mib']:.0f} MiB vs stock {stock['peak_mib']:.0f} MiB"
+    )
     print(f"stock with the same precision/ours time ratio: {stock_mixed['seconds'] / ours['seconds']:.2f}")
     if members > 1:
-        ours_single, network_single = (median_run([run[variant] for run in runs])
-                                       for variant in ("ours_single", "network_single"))
+        ours_single, network_single = (
+            median_run([run[variant] for run in runs]) for variant in ("ours_single", "network_single")
+        )
         bound = members * network_single["seconds"] + ours_single["seconds"] - network_single["seconds"]
-        print(f"ensemble of {members}: ours {ours['seconds']:.1f} s, network alone {network['seconds']:.1f} s; "
-              f"its first member alone: ours {ours_single['seconds']:.1f} s, network alone {network_single['seconds']:.1f} s")
-        print(f"ensemble/bound time ratio: {ours['seconds'] / bound:.2f} (goal <= 1: at most {members} x the member's "
-              f"network time plus its pipeline time, {bound:.1f} s)")
+        print(
+            f"ensemble of {members}: ours {ours['seconds']:.1f} s, network alone {network['seconds']:.1f} s; "
+            f"its first member alone: ours {ours_single['seconds']:.1f} s, "
+            f"network alone {network_single['seconds']:.1f} s"
+        )
+        print(
+            f"ensemble/bound time ratio: {ours['seconds'] / bound:.2f} (goal <= 1: at most {members} x the member's "
+            f"network time plus its pipeline time, {bound:.1f} s)"
+        )
     cores = len(os.sched_getaffinity(0))
     floor = max(ours["cpu_seconds"] / cores, network["seconds"]) / network["seconds"]
-    print(f"CPU time: ours {ours['cpu_seconds']:.1f} core-seconds, the network alone {network['cpu_seconds']:.1f}; "
-          f"on {cores} cores work of ours' CPU time takes at least {ours['cpu_seconds'] / cores:.1f} s: a "
-          f"pipeline/network floor of {floor:.2f} on this machine")
+    print(
+        f"CPU time: ours {ours['cpu_seconds']:.1f} core-seconds, the network alone {network['cpu_seconds']:.1f}; "
+        f"on {cores} cores work of ours' CPU time takes at least {ours['cpu_seconds'] / cores:.1f} s: a "
+        f"pipeline/network floor of {floor:.2f} on this machine"
+    )
 
 
 if __name__ == "__main__":

@@ -52,9 +52,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import REPO, SHARED
 from imagecodecs import imread
 from scipy import ndimage
+
+from common import REPO, SHARED
 from scripts.files import write_csv, write_text_atomic
 from scripts.folds import fold_dir
 from scripts.pyramid import write_pyramid
@@ -107,8 +108,14 @@ def write_fold(root: Path, tiles: dict[str, tuple[np.ndarray, np.ndarray]], held
     encodings = {}
     for tile, (image, mask) in tiles.items():
         split = "test" if tile in held_out else "train"
-        write_pyramid(root / split / f"{tile}.tiff", lambda y0, y1, image=image: image[y0:y1], image.shape[:2],
-                      tile=512, compression="jpeg", quality=90)
+        write_pyramid(
+            root / split / f"{tile}.tiff",
+            lambda y0, y1, image=image: image[y0:y1],
+            image.shape[:2],
+            tile=512,
+            compression="jpeg",
+            quality=90,
+        )
         encodings[tile] = rle_encode(mask)
     write_csv(root / "train.csv", ("id", "encoding"), [(tile, encodings[tile]) for tile in train])
     write_csv(root / "solution.csv", ("id", "encoding"), [(tile, encodings[tile]) for tile in held_out])
@@ -149,8 +156,9 @@ def member_dirs(root: Path, members: int) -> list[Path]:
     return [models] if members == 1 else [fold_dir(models, member) for member in range(members)]
 
 
-def fold_commands(root: Path, minutes: float, overrides: list[str], train_overrides: list[str],
-                  members: int = 1) -> tuple[list[list[str]], dict[str, list[str]]]:
+def fold_commands(
+    root: Path, minutes: float, overrides: list[str], train_overrides: list[str], members: int = 1
+) -> tuple[list[list[str]], dict[str, list[str]]]:
     """The training and evaluation commands of one fold folder.
 
     ``overrides`` go to every command, ``train_overrides`` (keys that only train.yaml has) to training.
@@ -167,17 +175,34 @@ def fold_commands(root: Path, minutes: float, overrides: list[str], train_overri
     for member, ckpt_dir in enumerate(member_dirs(root, members)):
         per_member = {} if members == 1 else {"fold": str(member)}
         logs = root / "logs" / ckpt_dir.relative_to(root / "models")
-        trainings.append(bundle_command("training", "bundle/configs/train.yaml", {
-            **paths, **per_member, "output_dir": str(logs), "ckpt_dir": str(ckpt_dir),
-            "max_train_minutes": str(minutes)}, overrides + train_overrides))
+        trainings.append(
+            bundle_command(
+                "training",
+                "bundle/configs/train.yaml",
+                {
+                    **paths,
+                    **per_member,
+                    "output_dir": str(logs),
+                    "ckpt_dir": str(ckpt_dir),
+                    "max_train_minutes": str(minutes),
+                },
+                overrides + train_overrides,
+            )
+        )
     checkpoints = {"eval": root / "models" / ("" if members > 1 else "model.pt")}
     if members > 1:
-        checkpoints |= {f"eval_fold{member}": ckpt_dir / "model.pt"
-                        for member, ckpt_dir in enumerate(member_dirs(root, members))}
-    evaluations = {name: bundle_command(
-        "evaluating", "['bundle/configs/inference.yaml','bundle/configs/evaluate.yaml']",
-        {**paths, "ckpt_path": str(path), "output_dir": str(root / name)}, overrides)
-        for name, path in checkpoints.items()}
+        checkpoints |= {
+            f"eval_fold{member}": ckpt_dir / "model.pt" for member, ckpt_dir in enumerate(member_dirs(root, members))
+        }
+    evaluations = {
+        name: bundle_command(
+            "evaluating",
+            "['bundle/configs/inference.yaml','bundle/configs/evaluate.yaml']",
+            {**paths, "ckpt_path": str(path), "output_dir": str(root / name)},
+            overrides,
+        )
+        for name, path in checkpoints.items()
+    }
     return trainings, evaluations
 
 
@@ -187,8 +212,7 @@ def read_dice(metrics: Path) -> dict[str, float]:
         return {row["id"]: float(row["dice"]) for row in csv.DictReader(stream) if row["id"] != "mean"}
 
 
-def run_fold(root: Path, minutes: float, overrides: list[str], train_overrides: list[str],
-             members: int = 1) -> dict:
+def run_fold(root: Path, minutes: float, overrides: list[str], train_overrides: list[str], members: int = 1) -> dict:
     """Train and evaluate on one fold folder (see :func:`fold_commands`); the fold's record for results.json.
 
     ``dice`` is the model's (with ``members`` > 1 the ensemble's), ``member_dice`` each member's alone.
@@ -196,7 +220,7 @@ def run_fold(root: Path, minutes: float, overrides: list[str], train_overrides: 
     record: dict = {"train_minutes": None, "eval_minutes": None, "dice": {}, "error": None}
     trainings, evaluations = fold_commands(root, minutes, overrides, train_overrides, members)
     record["train_minutes"] = 0.0
-    for member, (train, ckpt_dir) in enumerate(zip(trainings, member_dirs(root, members))):
+    for member, (train, ckpt_dir) in enumerate(zip(trainings, member_dirs(root, members), strict=True)):
         log = root / ("train.log" if members == 1 else f"train_fold{member}.log")
         code, seconds = run_logged(train, log)
         record["train_minutes"] = round(record["train_minutes"] + seconds / 60, 2)
@@ -211,7 +235,9 @@ def run_fold(root: Path, minutes: float, overrides: list[str], train_overrides: 
         record["eval_minutes"] = round(record["eval_minutes"] + seconds / 60, 2)
         metrics = root / name / "metrics.csv"
         if code or not metrics.is_file():
-            record["error"] = f"evaluation failed (exit {code}): {last_line(root / f'{name}.log')} [{root / f'{name}.log'}]"
+            record["error"] = (
+                f"evaluation failed (exit {code}): {last_line(root / f'{name}.log')} [{root / f'{name}.log'}]"
+            )
             return record
         if name == "eval":
             record["dice"] = read_dice(metrics)
@@ -227,13 +253,27 @@ def main() -> None:
     parser.add_argument("--work-dir", default="/tmp/real_tiles", help="fold folders, logs and results.json")
     parser.add_argument("--data", default=str(DATA), help="the AIDPATH tiles (images/, masks/)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fold shuffle")
-    parser.add_argument("--members", type=int, default=1,
-                        help="networks per fold (train.yaml folds 0..K-1 of its 12 tiles), evaluated as an ensemble "
-                             "and each alone; --minutes is each one's budget")
-    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                        help="bundle setting for training and evaluation, e.g. downscale=1 (repeatable)")
-    parser.add_argument("--train-override", action="append", default=[], metavar="KEY=VALUE",
-                        help="bundle setting for training only, e.g. loss#batch=True (repeatable)")
+    parser.add_argument(
+        "--members",
+        type=int,
+        default=1,
+        help="networks per fold (train.yaml folds 0..K-1 of its 12 tiles), evaluated as an ensemble "
+        "and each alone; --minutes is each one's budget",
+    )
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="bundle setting for training and evaluation, e.g. downscale=1 (repeatable)",
+    )
+    parser.add_argument(
+        "--train-override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="bundle setting for training only, e.g. loss#batch=True (repeatable)",
+    )
     args = parser.parse_args()
 
     data = Path(args.data)
@@ -251,30 +291,52 @@ def main() -> None:
     folds, counts = make_folds({tile: mask for tile, (_, mask) in tiles.items()}, NUM_FOLDS, args.seed)
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    print(f"{len(tiles)} tiles from {data}; held-out tiles per fold: "
-          + "; ".join(f"{k}: {' '.join(f)}" for k, f in enumerate(folds)))
-    print(f"training budget {args.minutes:g} min per network, {args.members} network(s) per fold; overrides: {' '.join(args.override) or 'none'}; "
-          f"training-only overrides: {' '.join(args.train_override) or 'none'}; "
-          f"work folder {work}", flush=True)
+    print(
+        f"{len(tiles)} tiles from {data}; held-out tiles per fold: "
+        + "; ".join(f"{k}: {' '.join(f)}" for k, f in enumerate(folds))
+    )
+    print(
+        f"training budget {args.minutes:g} min per network, {args.members} network(s) per fold; "
+        f"overrides: {' '.join(args.override) or 'none'}; "
+        f"training-only overrides: {' '.join(args.train_override) or 'none'}; "
+        f"work folder {work}",
+        flush=True,
+    )
 
-    results: dict = {"data": str(data), "minutes": args.minutes, "overrides": args.override,
-                     "train_overrides": args.train_override, "seed": args.seed,
-                     "members": args.members,
-                     "glomeruli": counts, "folds": {}}
+    results: dict = {
+        "data": str(data),
+        "minutes": args.minutes,
+        "overrides": args.override,
+        "train_overrides": args.train_override,
+        "seed": args.seed,
+        "members": args.members,
+        "glomeruli": counts,
+        "folds": {},
+    }
     for fold in args.folds:
         root = work / f"fold{fold}"
         shutil.rmtree(root, ignore_errors=True)  # a fresh start: no resumed checkpoint, no reused result
         write_fold(root, tiles, folds[fold])
-        print(f"fold {fold}: training on {len(tiles) - len(folds[fold])} tiles, {args.members} x {args.minutes:g} min ...",
-              flush=True)
+        print(
+            f"fold {fold}: training on {len(tiles) - len(folds[fold])} tiles, "
+            f"{args.members} x {args.minutes:g} min ...",
+            flush=True,
+        )
         record = run_fold(root, args.minutes, args.override, args.train_override, args.members)
         record["held_out"] = folds[fold]
         results["folds"][fold] = record
-        summary = (f"mean Dice {np.mean(list(record['dice'].values())):.4f}" if record["dice"]
-                   else f"FAILED: {record['error']}")
-        print(f"fold {fold}: trained {record['train_minutes']} min, evaluated {record['eval_minutes']} min, "
-              f"{summary}", flush=True)
-        write_text_atomic(work / "results.json", json.dumps(results, indent=1) + "\n")  # each finished fold kept, should the run be cut short
+        summary = (
+            f"mean Dice {np.mean(list(record['dice'].values())):.4f}"
+            if record["dice"]
+            else f"FAILED: {record['error']}"
+        )
+        print(
+            f"fold {fold}: trained {record['train_minutes']} min, evaluated {record['eval_minutes']} min, {summary}",
+            flush=True,
+        )
+        write_text_atomic(
+            work / "results.json", json.dumps(results, indent=1) + "\n"
+        )  # each finished fold kept, should the run be cut short
 
     print_table(results)
     write_text_atomic(work / "results.json", json.dumps(results, indent=1) + "\n")
@@ -302,28 +364,37 @@ def print_table(results: dict) -> None:
     mean = float(np.mean(all_dice)) if all_dice else float("nan")
     results["mean_dice"] = round(mean, 4)
     folds_run = len(results["folds"])
-    print(f"\noverall mean Dice over {len(all_dice)} held-out tile(s) in {folds_run} fold(s): {mean:.4f}"
-          + (" (the ensemble)" if results.get("members", 1) > 1 else ""))
+    print(
+        f"\noverall mean Dice over {len(all_dice)} held-out tile(s) in {folds_run} fold(s): {mean:.4f}"
+        + (" (the ensemble)" if results.get("members", 1) > 1 else "")
+    )
     member_means = {}
     for member in range(results.get("members", 1) if complete else 0):
-        scores = [dice for record in results["folds"].values()
-                  for dice in record.get("member_dice", {}).get(f"fold{member}", {}).values()]
+        scores = [
+            dice
+            for record in results["folds"].values()
+            for dice in record.get("member_dice", {}).get(f"fold{member}", {}).values()
+        ]
         if len(scores) == len(all_dice):
             member_means[f"fold{member}"] = round(float(np.mean(scores)), 4)
     if member_means:
         results["member_mean_dice"] = member_means
-        print("each member alone (paired: the same trainings): "
-              + ", ".join(f"{name} {value:.4f}" for name, value in member_means.items())
-              + f"; their mean {np.mean(list(member_means.values())):.4f}")
+        print(
+            "each member alone (paired: the same trainings): "
+            + ", ".join(f"{name} {value:.4f}" for name, value in member_means.items())
+            + f"; their mean {np.mean(list(member_means.values())):.4f}"
+        )
     within_budget = results["minutes"] <= GOAL_MINUTES
     met = complete and within_budget and mean >= GOAL_DICE
     results["goal_met"] = met
     note = "" if folds_run == NUM_FOLDS else f" (only {folds_run} of {NUM_FOLDS} folds run)"
     if not complete:
         note += " (some tiles have no Dice)"
-    print(f"goal: mean Dice >= {GOAL_DICE} with a {GOAL_MINUTES}-minute CPU budget per network "
-          f"(the issue asks for it as the mean of two seeds' runs): "
-          f"{'met' if met else 'not met'}{note}")
+    print(
+        f"goal: mean Dice >= {GOAL_DICE} with a {GOAL_MINUTES}-minute CPU budget per network "
+        f"(the issue asks for it as the mean of two seeds' runs): "
+        f"{'met' if met else 'not met'}{note}"
+    )
 
 
 if __name__ == "__main__":

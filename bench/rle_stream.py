@@ -20,6 +20,7 @@ import tracemalloc
 
 import numpy as np
 import zarr
+
 from common import SHARED
 from scripts.annotations import rasterize, read_annotations
 from scripts.rle import rle_encode, rle_encode_chunked

@@ -33,9 +33,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from common import BUNDLE
 from monai.bundle import ConfigParser
 from real_tiles import DATA, bundle_command, last_line, read_dice, read_tiles, run_logged, write_fold
+
+from common import BUNDLE
 from scripts.checkpoints import save_half_precision
 from scripts.folds import fold_dir, fold_members
 from scripts.handlers import MODEL_FILE, RECORD_FILE, read_record
@@ -69,7 +70,7 @@ def held_out(dataset: Path, cache: Path, fold: int) -> list[str]:
     parser = ConfigParser()
     parser.read_config(str(BUNDLE / "configs" / "train.yaml"))
     parser.update({"dataset_dir": str(dataset), "cache_dir": str(cache), "fold": fold})
-    return [slide.slide_id for slide in parser.get_parsed_content("split")[1]]
+    return [slide.slide_id for slide in parser.get_parsed_content("split").validation]
 
 
 def evaluate_member(work: Path, tiles: dict, fold: int, member: Path, held: list[str]) -> dict[str, float]:
@@ -78,9 +79,17 @@ def evaluate_member(work: Path, tiles: dict, fold: int, member: Path, held: list
     metrics = root / "eval" / "metrics.csv"
     if not metrics.is_file():
         write_fold(root, tiles, held)
-        command = bundle_command("evaluating", "['bundle/configs/inference.yaml','bundle/configs/evaluate.yaml']", {
-            "dataset_dir": str(root), "cache_dir": str(root / "cache"), "ckpt_path": str(member),
-            "output_dir": str(root / "eval")}, [])
+        command = bundle_command(
+            "evaluating",
+            "['bundle/configs/inference.yaml','bundle/configs/evaluate.yaml']",
+            {
+                "dataset_dir": str(root),
+                "cache_dir": str(root / "cache"),
+                "ckpt_path": str(member),
+                "output_dir": str(root / "eval"),
+            },
+            [],
+        )
         code, _ = run_logged(command, root / "eval.log")
         if code or not metrics.is_file():
             sys.exit(f"evaluating fold {fold} failed (exit {code}): {last_line(root / 'eval.log')}")
@@ -102,10 +111,28 @@ def main() -> None:
     if not (dataset / "train.csv").is_file():
         write_fold(dataset, read_tiles(data), [])
     common = {"dataset_dir": str(dataset), "cache_dir": str(work / "cache"), "max_epochs": str(args.epochs)}
-    train(work, "all_tiles", "training", {**common, "train_on_all": "true", "ckpt_dir": str(work / "all_tiles"),
-                                          "output_dir": str(work / "logs" / "all_tiles")})
-    train(work, "folds", "training_folds", {**common, "num_folds": str(NUM_FOLDS), "ckpt_dir": str(work / "folds"),
-                                            "output_dir": str(work / "logs" / "folds")})
+    train(
+        work,
+        "all_tiles",
+        "training",
+        {
+            **common,
+            "train_on_all": "true",
+            "ckpt_dir": str(work / "all_tiles"),
+            "output_dir": str(work / "logs" / "all_tiles"),
+        },
+    )
+    train(
+        work,
+        "folds",
+        "training_folds",
+        {
+            **common,
+            "num_folds": str(NUM_FOLDS),
+            "ckpt_dir": str(work / "folds"),
+            "output_dir": str(work / "logs" / "folds"),
+        },
+    )
 
     models = Path(args.models)
     ship(work / "all_tiles", models)
@@ -113,22 +140,32 @@ def main() -> None:
         ship(fold_dir(work / "folds", fold), fold_dir(models, fold))
     for path in [models / MODEL_FILE, *fold_members(models)]:
         best = read_record(path.parent)
-        print(f"{path} ({path.stat().st_size / 2**20:.1f} MiB): epoch {best['epoch']}, "
-              f"validation Dice {best['metric']}")
+        print(
+            f"{path} ({path.stat().st_size / 2**20:.1f} MiB): epoch {best['epoch']}, validation Dice {best['metric']}"
+        )
 
     tiles = read_tiles(data)
     results = {}
     for fold, member in enumerate(fold_members(models)):
         dice = evaluate_member(work, tiles, fold, member, held_out(dataset, work / "cache", fold))
         results[f"fold{fold}"] = dice
-        print(f"fold {fold} member on its held-out tiles: "
-              + ", ".join(f"{tile} {value:.4f}" for tile, value in dice.items())
-              + f" (mean {np.mean(list(dice.values())):.4f})", flush=True)
+        print(
+            f"fold {fold} member on its held-out tiles: "
+            + ", ".join(f"{tile} {value:.4f}" for tile, value in dice.items())
+            + f" (mean {np.mean(list(dice.values())):.4f})",
+            flush=True,
+        )
     every = [value for dice in results.values() for value in dice.values()]
-    print(f"members' held-out Dice over all {len(every)} tiles (Kaggle way, each tile scored by the one member that "
-          f"never trained on it): {np.mean(every):.4f}")
-    (work / "results.json").write_text(json.dumps({"epochs": args.epochs, "held_out_dice": results,
-                                                   "mean_dice": round(float(np.mean(every)), 4)}, indent=1) + "\n")
+    print(
+        f"members' held-out Dice over all {len(every)} tiles (Kaggle way, each tile scored by the one member that "
+        f"never trained on it): {np.mean(every):.4f}"
+    )
+    (work / "results.json").write_text(
+        json.dumps(
+            {"epochs": args.epochs, "held_out_dice": results, "mean_dice": round(float(np.mean(every)), 4)}, indent=1
+        )
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

@@ -26,8 +26,14 @@ def write_slide(path: Path, image, compression: str | None = "jpeg") -> Path:
     from scripts.pyramid import write_pyramid
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    return write_pyramid(path, lambda y0, y1: image[y0:y1], image.shape[:2], tile=256, compression=compression,
-                         quality=95 if compression == "jpeg" else None)
+    return write_pyramid(
+        path,
+        lambda y0, y1: image[y0:y1],
+        image.shape[:2],
+        tile=256,
+        compression=compression,
+        quality=95 if compression == "jpeg" else None,
+    )
 
 
 def disc_slide(shape=(700, 900), discs=((300, 300, 80), (450, 650, 60)), seed: int = 0):

@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 import pytest
+
 from conftest import shared_path
 from scripts import annotations as annotations_module
 from scripts.annotations import (
@@ -29,9 +30,12 @@ TRIANGLE = [[70, 5], [95, 5], [80, 35], [70, 5]]
 
 
 def feature(geometry_type, coordinates, name="glomerulus"):
-    return {"type": "Feature", "id": "PathAnnotationObject",
-            "geometry": {"type": geometry_type, "coordinates": coordinates},
-            "properties": {"classification": {"name": name, "colorRGB": -3140401}, "isLocked": True}}
+    return {
+        "type": "Feature",
+        "id": "PathAnnotationObject",
+        "geometry": {"type": geometry_type, "coordinates": coordinates},
+        "properties": {"classification": {"name": name, "colorRGB": -3140401}, "isLocked": True},
+    }
 
 
 def write_json(path, document):
@@ -72,8 +76,12 @@ def test_multipolygon_is_split_into_polygons(tmp_path):
 
 
 def test_non_polygon_features_are_skipped(tmp_path):
-    document = [feature("Point", [5, 5]), feature("LineString", [[0, 0], [5, 5]]), feature("Polygon", [SQUARE]),
-                {"type": "Feature", "geometry": None, "properties": {}}]
+    document = [
+        feature("Point", [5, 5]),
+        feature("LineString", [[0, 0], [5, 5]]),
+        feature("Polygon", [SQUARE]),
+        {"type": "Feature", "geometry": None, "properties": {}},
+    ]
     assert len(read_annotations(write_json(tmp_path / "a.json", document))) == 1
 
 
@@ -86,9 +94,18 @@ def test_class_name_falls_back_to_name_then_unclassified(tmp_path):
     assert [a.name for a in annotations] == ["region 1", "unclassified"]
 
 
-@pytest.mark.parametrize("text", ["{not json", "", '{"type": "FeatureCollection"}', '"a string"', "42",
-                                  json.dumps([feature("Polygon", [[[0, 0], [1], [1, 1]]])]),
-                                  json.dumps([{"geometry": {"type": "Polygon"}}])])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{not json",
+        "",
+        '{"type": "FeatureCollection"}',
+        '"a string"',
+        "42",
+        json.dumps([feature("Polygon", [[[0, 0], [1], [1, 1]]])]),
+        json.dumps([{"geometry": {"type": "Polygon"}}]),
+    ],
+)
 def test_broken_files_raise_input_error_naming_the_file(tmp_path, text):
     path = tmp_path / "broken.json"
     path.write_text(text)
@@ -193,7 +210,9 @@ def test_tracing_rows_as_they_arrive_finds_each_component_once_and_whole():
         kept.append(sum(len(band) for _, band in tracer._bands))
     whole = mask_to_annotations(mask, scale=2, min_area=40)
     assert len(tracer.polygons) == len(whole) == 5
-    np.testing.assert_array_equal(rasterize(tracer.polygons, mask.shape, scale=0.5), rasterize(whole, mask.shape, scale=0.5))
+    np.testing.assert_array_equal(
+        rasterize(tracer.polygons, mask.shape, scale=0.5), rasterize(whole, mask.shape, scale=0.5)
+    )
     assert traced[-2] >= 3  # most were traced before the last rows came
     assert max(kept) < 64 + 2 * 32 + 2 * 37  # only the rows a row of tiles reads, not the mask
     tracer.close()
@@ -212,7 +231,9 @@ def test_tracing_labels_only_tiles_that_hold_foreground(monkeypatch):
     mask = disc_mask((500, 400), [(50, 50, 20)]) > 0  # in the first tile's window only
     labelled = []
     label = annotations_module.ndimage.label
-    monkeypatch.setattr(annotations_module.ndimage, "label", lambda window: labelled.append(window.shape) or label(window))
+    monkeypatch.setattr(
+        annotations_module.ndimage, "label", lambda window: labelled.append(window.shape) or label(window)
+    )
     tracer = PolygonTracer(mask.shape, tile=128, halo=16)
     tracer.add(mask)
     assert len(tracer.polygons) == 1 and labelled == [(144, 144)]  # 1 of 16 tiles
@@ -222,14 +243,16 @@ def test_tracing_labels_only_tiles_that_hold_foreground(monkeypatch):
 
 
 def test_write_then_read_gives_the_same_polygons(tmp_path):
-    annotations = [Annotation("glomerulus", (np.array(TRIANGLE[:-1], float),)),
-                   Annotation("Cortex", (np.array(SQUARE, float), np.array(HOLE, float)))]
+    annotations = [
+        Annotation("glomerulus", (np.array(TRIANGLE[:-1], float),)),
+        Annotation("Cortex", (np.array(SQUARE, float), np.array(HOLE, float))),
+    ]
     path = write_annotations(tmp_path / "out.json", annotations)
     assert path == tmp_path / "out.json" and sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
     back = read_annotations(path)
     assert [a.name for a in back] == ["glomerulus", "Cortex"]
     np.testing.assert_array_equal(back[0].rings[0], np.array(TRIANGLE, float))  # rings are closed on write
-    for ring, expected in zip(back[1].rings, annotations[1].rings):
+    for ring, expected in zip(back[1].rings, annotations[1].rings, strict=True):
         np.testing.assert_array_equal(ring, expected)
 
 

@@ -7,16 +7,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "bench"))
 from real_tiles import fold_commands  # noqa: E402
+
 from scripts.folds import fold_dir  # noqa: E402
 
 
 def options(command: list[str]) -> dict[str, str]:
     """``{key: value}`` of a bundle command's ``--key value`` pairs."""
-    return {key[2:]: value for key, value in zip(command[::2], command[1::2]) if key.startswith("--")}
+    return {key[2:]: value for key, value in zip(command[::2], command[1::2], strict=True) if key.startswith("--")}
 
 
 def test_training_gets_both_kinds_of_override_and_evaluation_only_the_shared_ones(tmp_path):
@@ -28,7 +31,9 @@ def test_training_gets_both_kinds_of_override_and_evaluation_only_the_shared_one
     assert trained["downscale"] == evaluated["downscale"] == "4"
     assert trained["seed"] == "1" and trained["loss#batch"] == "True" and trained["max_train_minutes"] == "15"
     assert "seed" not in evaluated and "loss#batch" not in evaluated
-    assert evaluated["ckpt_path"] == str(tmp_path / "models" / "model.pt") == str(Path(trained["ckpt_dir"]) / "model.pt")
+    assert (
+        evaluated["ckpt_path"] == str(tmp_path / "models" / "model.pt") == str(Path(trained["ckpt_dir"]) / "model.pt")
+    )
 
 
 def test_a_null_setting_is_passed_as_an_expression_because_the_cli_drops_none(tmp_path):
@@ -55,6 +60,7 @@ def test_members_train_their_own_folds_into_a_fold_ensemble_folder_scored_whole_
     assert {e["downscale"] for e in evaluated.values()} == {"4"} and not any("seed" in e for e in evaluated.values())
 
 
+@pytest.mark.slow
 def test_the_bundle_cli_ignores_none_and_applies_the_null_expression(tmp_path):
     """Why the benchmark rewrites None: MONAI's CLI drops it, so the config's value would stand."""
     config = tmp_path / "config.yaml"

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+
 from scripts.checkpoints import (
     check_checkpoint,
     checkpoint_files,
@@ -37,16 +38,22 @@ def test_a_checkpoint_of_this_network_passes_as_weights_or_as_a_last_pt(tmp_path
         assert check_checkpoint(str(tmp_path / name), small_unet()) == str(tmp_path / name)
 
 
-@pytest.mark.parametrize("saved, expected", [
-    ("wider", "weights of another shape, e.g. "),  # the same architecture with other channels
-    ("other", "15 of the network's weights missing, 2 unknown, e.g. "),
-    ("list", "not a dictionary of weights"),
-])
+@pytest.mark.parametrize(
+    "saved, expected",
+    [
+        ("wider", "weights of another shape, e.g. "),  # the same architecture with other channels
+        ("other", "15 of the network's weights missing, 2 unknown, e.g. "),
+        ("list", "not a dictionary of weights"),
+    ],
+)
 def test_a_checkpoint_of_another_network_is_one_line_saying_which_recipe_to_run_with(tmp_path, saved, expected):
     import torch
 
-    weights = {"wider": lambda: small_unet((8, 16)).state_dict(), "other": lambda: torch.nn.Linear(2, 2).state_dict(),
-               "list": lambda: [1, 2, 3]}[saved]()
+    weights = {
+        "wider": lambda: small_unet((8, 16)).state_dict(),
+        "other": lambda: torch.nn.Linear(2, 2).state_dict(),
+        "list": lambda: [1, 2, 3],
+    }[saved]()
     torch.save(weights, tmp_path / "model.pt")
     with pytest.raises(SystemExit) as error:
         check_checkpoint(str(tmp_path / "model.pt"), small_unet())
@@ -59,7 +66,9 @@ def test_a_checkpoint_of_another_network_is_one_line_saying_which_recipe_to_run_
 @pytest.mark.parametrize("content", [b"not a checkpoint", b"", b"PK\x03\x04 a broken zip"])
 def test_a_file_that_is_not_a_checkpoint_is_one_line(tmp_path, content):
     (tmp_path / "model.pt").write_bytes(content)
-    with pytest.raises(SystemExit, match=r"model.pt cannot be read as PyTorch weights \(\w+\): pass a model.pt saved by training$"):
+    with pytest.raises(
+        SystemExit, match=r"model.pt cannot be read as PyTorch weights \(\w+\): pass a model.pt saved by training$"
+    ):
         check_checkpoint(str(tmp_path / "model.pt"), small_unet())
 
 
@@ -68,7 +77,9 @@ def test_a_torchscript_network_brings_its_own_weights_and_is_not_checked(tmp_pat
 
     scripted = torch.jit.script(small_unet())
     scripted.save(str(tmp_path / "model.ts"))
-    assert check_checkpoint(str(tmp_path / "model.ts"), torch.jit.load(str(tmp_path / "model.ts"))) == str(tmp_path / "model.ts")
+    assert check_checkpoint(str(tmp_path / "model.ts"), torch.jit.load(str(tmp_path / "model.ts"))) == str(
+        tmp_path / "model.ts"
+    )
 
 
 def saved(path, network):
@@ -87,8 +98,9 @@ def test_a_folder_names_its_fold_members_in_fold_order_else_its_model(tmp_path):
         saved(tmp_path / "ensemble" / f"fold{fold}" / "model.pt", small_unet())
     saved(tmp_path / "ensemble" / "model.pt", small_unet())  # beside the folds: the folds are the model
     (tmp_path / "ensemble" / "fold3").mkdir()  # a fold not trained yet is no member
-    assert checkpoint_files(str(tmp_path / "ensemble")) == [tmp_path / "ensemble" / f"fold{k}" / "model.pt"
-                                                            for k in (0, 2, 10)]
+    assert checkpoint_files(str(tmp_path / "ensemble")) == [
+        tmp_path / "ensemble" / f"fold{k}" / "model.pt" for k in (0, 2, 10)
+    ]
     saved(tmp_path / "single" / "model.pt", small_unet())
     assert checkpoint_files(tmp_path / "single") == [tmp_path / "single" / "model.pt"]
     files = [str(tmp_path / "single" / "model.pt"), str(tmp_path / "ensemble" / "fold2" / "model.pt")]
@@ -97,8 +109,11 @@ def test_a_folder_names_its_fold_members_in_fold_order_else_its_model(tmp_path):
 
 def test_an_empty_folder_or_a_missing_member_of_a_list_is_one_line_naming_it(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SystemExit, match=f"^error: checkpoint folder {tmp_path / 'empty'} holds neither "
-                                         r"fold<k>/model.pt nor model.pt: train first"):
+    with pytest.raises(
+        SystemExit,
+        match=f"^error: checkpoint folder {tmp_path / 'empty'} holds neither "
+        r"fold<k>/model.pt nor model.pt: train first",
+    ):
         check_checkpoint(str(tmp_path / "empty"), small_unet())
     good = saved(tmp_path / "good.pt", small_unet())
     with pytest.raises(SystemExit, match=f"^error: checkpoint {tmp_path / 'gone.pt'} not found: train first"):
@@ -130,7 +145,7 @@ def test_one_checkpoint_loads_into_the_network_itself_and_several_into_copies_of
     torch.testing.assert_close(network.state_dict(), members[0].state_dict())
     loaded = ensemble(seeded_unet(0), str(tmp_path))
     assert isinstance(loaded, torch.nn.ModuleList) and len(loaded) == 2
-    for member, expected in zip(loaded, members):
+    for member, expected in zip(loaded, members, strict=True):
         torch.testing.assert_close(member.state_dict(), expected.state_dict())
     assert loaded[0].model[0].conv.unit0.conv.weight is not loaded[1].model[0].conv.unit0.conv.weight
 
@@ -155,8 +170,11 @@ def test_fine_tuning_starts_from_one_model_and_refuses_an_ensemble(tmp_path):
     torch.testing.assert_close(network.state_dict(), seeded_unet(4).state_dict())
     for fold in (0, 1):
         saved(tmp_path / "ensemble" / f"fold{fold}" / "model.pt", small_unet())
-    with pytest.raises(SystemExit, match=r"holds an ensemble of 2; fine-tuning starts from one model: pass one of "
-                                         r"its files, e.g. .*fold0/model.pt$"):
+    with pytest.raises(
+        SystemExit,
+        match=r"holds an ensemble of 2; fine-tuning starts from one model: pass one of "
+        r"its files, e.g. .*fold0/model.pt$",
+    ):
         load_initial_weights(network, str(tmp_path / "ensemble"))
 
 
@@ -168,7 +186,9 @@ def test_members_trained_at_another_working_resolution_are_one_line_naming_the_f
     saved(tmp_path / "fold2" / "model.pt", small_unet())  # no record: taken as it is
     with pytest.raises(SystemExit) as error:
         ensemble(small_unet(), str(tmp_path), {"downscale": 2})
-    assert str(error.value) == (f"error: checkpoint {tmp_path / 'fold1' / 'model.pt'} was trained with downscale 4 "
-                                f"({tmp_path / 'fold1' / 'best.json'}), this run works at downscale 2: pass "
-                                "--downscale 4, or only checkpoints trained with downscale 2")
+    assert str(error.value) == (
+        f"error: checkpoint {tmp_path / 'fold1' / 'model.pt'} was trained with downscale 4 "
+        f"({tmp_path / 'fold1' / 'best.json'}), this run works at downscale 2: pass "
+        "--downscale 4, or only checkpoints trained with downscale 2"
+    )
     assert len(ensemble(small_unet(), [str(tmp_path / f"fold{k}" / "model.pt") for k in (0, 2)], {"downscale": 2})) == 2

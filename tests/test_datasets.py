@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from conftest import disc_slide, write_slide
 from scripts.datasets import ImportancePatchDataset, SlideRegionDataset
 from scripts.prepare import prepare_slide

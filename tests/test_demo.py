@@ -15,12 +15,13 @@ import numpy as np
 import pytest
 import tifffile
 from scipy import ndimage
+from skimage.measure import points_in_poly
+
 from scripts import demo
 from scripts.annotations import rasterize, read_annotations
 from scripts.demo import DEMO_SEED, ensure_demo, generate_demo
 from scripts.errors import DatasetError
 from scripts.rle import rle_decode
-from skimage.measure import points_in_poly
 
 SIZE = (1024, 1280)
 INFO_COLUMNS = (

@@ -4,14 +4,28 @@ in the function and through the configs that use it."""
 from __future__ import annotations
 
 import pytest
-from conftest import BUNDLE
 from monai.bundle import ConfigParser
+
+from conftest import BUNDLE
 from scripts.flags import as_flag
 
 
-@pytest.mark.parametrize("value, expected", [(True, True), (False, False), (1, True), (0, False), ("false", False),
-                                             ("False", False), (" TRUE ", True), ("no", False), ("on", True),
-                                             ("0", False), ("1", True)])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (True, True),
+        (False, False),
+        (1, True),
+        (0, False),
+        ("false", False),
+        ("False", False),
+        (" TRUE ", True),
+        ("no", False),
+        ("on", True),
+        ("0", False),
+        ("1", True),
+    ],
+)
 def test_on_off_values_read_as_meant(value, expected):
     assert as_flag(value, "tta") is expected
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 from monai.handlers import StatsHandler
+
 from scripts.errors import InputError
 from scripts.handlers import (
     BestModelSaver,
@@ -149,8 +150,11 @@ def test_a_checkpoint_saved_with_other_settings_stops_the_run_with_one_clear_lin
         return trainer
 
     trainer_with({"model": torch.nn.Linear(3, 1), "averaged_model": None}).run(range(2), max_epochs=1)
-    objects = ({"model": torch.nn.Linear(3, 1), "averaged_model": torch.nn.Linear(3, 1)} if change.startswith("an")
-               else {"model": torch.nn.Linear(4, 1)})
+    objects = (
+        {"model": torch.nn.Linear(3, 1), "averaged_model": torch.nn.Linear(3, 1)}
+        if change.startswith("an")
+        else {"model": torch.nn.Linear(4, 1)}
+    )
     with caplog.at_level(logging.INFO), pytest.raises(InputError) as raised:
         trainer_with(objects).run(range(2), max_epochs=2)
     message = str(raised.value)

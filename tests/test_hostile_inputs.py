@@ -13,21 +13,32 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from conftest import BUNDLE, REPO, disc_slide, patch_dimensions
 from monai.bundle import ConfigParser
+
+from conftest import BUNDLE, REPO, disc_slide, patch_dimensions
 from scripts.files import write_csv
 from scripts.layout import read_csv_rows
+
+pytestmark = pytest.mark.slow  # the integration tier: bundle runs in subprocesses
 
 IMAGE, _ = disc_slide(shape=(512, 640), discs=((200, 250, 60),))
 AWKWARD = {  # real layouts cuCIM cannot take as they are: converted, then segmented
     "tiled_zstd": lambda p: tifffile.imwrite(p, IMAGE, photometric="rgb", tile=(256, 256), compression="zstd"),
-    "tiled_deflate_predictor": lambda p: tifffile.imwrite(p, IMAGE, photometric="rgb", tile=(256, 256),
-                                                          compression="zlib", predictor=True),
+    "tiled_deflate_predictor": lambda p: tifffile.imwrite(
+        p, IMAGE, photometric="rgb", tile=(256, 256), compression="zlib", predictor=True
+    ),
     "stripped_deflate": lambda p: tifffile.imwrite(p, IMAGE, photometric="rgb", compression="zlib", rowsperstrip=64),
-    "channel_first": lambda p: tifffile.imwrite(p, IMAGE.transpose(2, 0, 1), photometric="rgb", planarconfig="separate"),
+    "channel_first": lambda p: tifffile.imwrite(
+        p, IMAGE.transpose(2, 0, 1), photometric="rgb", planarconfig="separate"
+    ),
     "five_d": lambda p: tifffile.imwrite(p, IMAGE.transpose(2, 0, 1)[None, None], photometric="minisblack"),
-    "rgba": lambda p: tifffile.imwrite(p, np.concatenate([IMAGE, np.full((*IMAGE.shape[:2], 1), 255, np.uint8)], -1),
-                                       photometric="rgb", tile=(256, 256), extrasamples=[2]),
+    "rgba": lambda p: tifffile.imwrite(
+        p,
+        np.concatenate([IMAGE, np.full((*IMAGE.shape[:2], 1), 255, np.uint8)], -1),
+        photometric="rgb",
+        tile=(256, 256),
+        extrasamples=[2],
+    ),
     "rgb16": lambda p: tifffile.imwrite(p, IMAGE.astype(np.uint16) * 257, photometric="rgb", tile=(256, 256)),
     "gray": lambda p: tifffile.imwrite(p, IMAGE[..., 1], tile=(256, 256)),
 }
@@ -44,8 +55,13 @@ def write_broken(folder):
         (folder / f"{name}.tiff").write_bytes(good.read_bytes())
         patch_dimensions(folder / f"{name}.tiff", size, size)
     good.unlink()
-    return {"truncated": "truncated", "not_a_tiff": "not a readable TIFF", "empty": "empty",
-            "absurd": "implausible dimensions", "bomb": "decompression bomb"}
+    return {
+        "truncated": "truncated",
+        "not_a_tiff": "not a readable TIFF",
+        "empty": "empty",
+        "absurd": "implausible dimensions",
+        "bomb": "decompression bomb",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -64,12 +80,30 @@ def hostile_run(tmp_path_factory):
     network_def = ConfigParser.load_config_file(str(BUNDLE / "configs" / "inference.yaml"))["network_def"]
     network = ConfigParser({"network_def": network_def}).get_parsed_content("network_def")  # the shipped network
     torch.save(network.state_dict(), root / "model.pt")
-    command = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file",
-               str(BUNDLE / "configs" / "inference.yaml"), "--dataset_dir", str(root / "data"),
-               "--output_dir", str(root / "out"), "--cache_dir", str(root / "cache"), "--ckpt_path",
-               str(root / "model.pt"), "--infer_roi", "128", "--num_workers", "0"]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    command = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "inference",
+        "--config_file",
+        str(BUNDLE / "configs" / "inference.yaml"),
+        "--dataset_dir",
+        str(root / "data"),
+        "--output_dir",
+        str(root / "out"),
+        "--cache_dir",
+        str(root / "cache"),
+        "--ckpt_path",
+        str(root / "model.pt"),
+        "--infer_roi",
+        "128",
+        "--num_workers",
+        "0",
+    ]
+    result = subprocess.run(
+        command, cwd=REPO, capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
     return root, result, broken, unsafe
 
 

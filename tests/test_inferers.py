@@ -4,8 +4,9 @@ probabilities, and the warm-up thread."""
 
 from __future__ import annotations
 
-import scripts.inferers
 import torch
+
+import scripts.inferers
 from scripts.inferers import WindowInferer
 
 
@@ -36,8 +37,10 @@ def test_channels_last_changes_the_layout_not_the_values():
 def test_flip_tta_is_the_mean_of_the_four_flipped_back_outputs():
     inputs, model = torch.rand(1, 3, 16, 20), network()
     with torch.no_grad():
-        flipped = [torch.flip(model(torch.flip(inputs, dims)), dims) if dims else model(inputs)
-                   for dims in ((), (2,), (3,), (2, 3))]
+        flipped = [
+            torch.flip(model(torch.flip(inputs, dims)), dims) if dims else model(inputs)
+            for dims in ((), (2,), (3,), (2, 3))
+        ]
         tta = WindowInferer(amp=False, tta=True)(inputs, model)
     torch.testing.assert_close(tta, sum(flipped) / 4)
     assert not torch.allclose(tta, flipped[0])  # the flips do change this network's output

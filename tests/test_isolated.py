@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import tifffile
+
 from scripts.isolated import BUNDLE, run_isolated
 
 
@@ -24,7 +25,10 @@ def test_probe_reads_without_importing_cupy(tmp_path):
     pytest.importorskip("cupy")  # where CuPy is absent there is nothing to keep out
     path = tmp_path / "good.tiff"
     tifffile.imwrite(path, np.zeros((300, 400, 3), np.uint8), photometric="rgb", tile=(256, 256))
-    code = f"import sys; from scripts.isolated import _probe; _probe({str(path)!r}, 0); print(sorted(m for m in sys.modules if m.startswith('cupy') and sys.modules[m]))"
+    code = (
+        f"import sys; from scripts.isolated import _probe; _probe({str(path)!r}, 0); "
+        "print(sorted(m for m in sys.modules if m.startswith('cupy') and sys.modules[m]))"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=BUNDLE, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 
@@ -42,6 +46,6 @@ def test_cucim_crashing_on_deflate_with_a_predictor_only_kills_the_child(tmp_pat
 def test_conversion_failure_is_one_line_naming_the_file(tmp_path):
     path = tmp_path / "notes.tiff"
     path.write_text("not an image")
-    failure = run_isolated("convert", str(path), str(tmp_path / "out.tiff"), "2")
+    failure = run_isolated("scripts.slides:convert_in_child", str(path), str(tmp_path / "out.tiff"), "2")
     assert failure is not None and str(path) in failure and "\n" not in failure
     assert not (tmp_path / "out.tiff").exists()

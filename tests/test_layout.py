@@ -4,6 +4,7 @@ two-column CSV files with bad rows set aside, and finding train and test slides.
 from __future__ import annotations
 
 import pytest
+
 from scripts.errors import DatasetError
 from scripts.layout import HubmapFolder, check_slide_id, is_safe_id, read_csv_rows
 
@@ -43,7 +44,10 @@ def test_csv_rows_are_read_in_file_order_with_locations(tmp_path):
     rows, problems = read_csv_rows(path, "encoding")
     assert problems == {}
     assert [(r.slide_id, r.value, r.where) for r in rows] == [
-        ("b1", "1 2", "train.csv row 2"), ("a1", "", "train.csv row 3"), ("c2", "3 4", "train.csv row 4")]
+        ("b1", "1 2", "train.csv row 2"),
+        ("a1", "", "train.csv row 3"),
+        ("c2", "3 4", "train.csv row 4"),
+    ]
 
 
 def test_csv_with_the_wrong_header_names_the_file(tmp_path):

@@ -11,6 +11,7 @@ import pytest
 import tifffile
 import torch
 import torch.nn.functional as F
+
 from scripts import level0
 from scripts.level0 import Level0Mask, upsample_threshold
 from scripts.metrics import DiceCounts
@@ -20,7 +21,7 @@ from scripts.rle import rle_encode
 SCALE = 4
 WORKING = (700, 53)  # working-resolution probabilities
 SHAPE = (2797, 209)  # level 0: taller than the rows held for the TIFF thread (level0.HELD_ROWS), and not a
-                     # multiple of the scale, so the last working row and column reach past it
+# multiple of the scale, so the last working row and column reach past it
 
 
 def test_band_upsampling_equals_whole_image_upsampling():
@@ -75,16 +76,20 @@ def test_a_mask_made_band_by_band_equals_the_whole_slide_upsampled_at_once(tmp_p
     whole = whole_slide_mask(probability)
     truth = np.zeros(SHAPE, bool)
     truth[50:90, 70:150] = True
-    mask = Level0Mask(SHAPE, SCALE, 0.5, tmp_path / "mask.tiff")
+    mask = Level0Mask(SHAPE, SCALE, 0.5, tmp_path / "mask.tiff", 8)
     give_rows(mask, probability, (1, 2, 9, 12, 30, 31, 60, 61, 200, 201, 500, 699, 700))
-    rle, counts, truth_thumb = mask.finish(rle_encode(truth), 8, "slide")
+    rle, counts, predicted_thumb, truth_thumb = mask.finish(rle_encode(truth), "slide")
     assert rle == rle_encode(whole) and mask.area == whole.sum() > 0
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "mask.tiff", level=0), whole * np.uint8(255))
     expected = DiceCounts()
     expected.add(whole, truth)
     assert vars(counts) == vars(expected)
     np.testing.assert_array_equal(truth_thumb, pool_mask(truth, 8))
-    assert mask.finish(None, 8, "slide") == (rle, None, None)
+    # the preview is pooled as the rows are made: the mask TIFF's own level at that scale
+    np.testing.assert_array_equal(predicted_thumb, pool_mask(whole, 8))
+    np.testing.assert_array_equal(predicted_thumb, tifffile.imread(tmp_path / "mask.tiff", level=3) > 0)
+    again = mask.finish(None, "slide")
+    assert again.rle == rle and again.counts is None and again.truth_preview is None
 
 
 def test_rows_are_held_for_the_tiff_thread_only_up_to_a_bound():
@@ -106,18 +111,18 @@ def test_a_failing_tiff_thread_neither_hangs_the_writer_nor_goes_unreported(tmp_
 
     monkeypatch.setattr(level0, "write_mask_tiff", disk_full)
     probability = working_probabilities()
-    mask = Level0Mask(SHAPE, SCALE, 0.5, tmp_path / "mask.tiff")
+    mask = Level0Mask(SHAPE, SCALE, 0.5, tmp_path / "mask.tiff", 8)
     writer = threading.Thread(target=give_rows, args=(mask, probability, [*range(7, 700, 7), 700]))
     writer.start()
     writer.join(timeout=30)
     assert not writer.is_alive()
     with pytest.raises(OSError, match="No space left"):
-        mask.finish(None, 8, "slide")
+        mask.finish(None, "slide")
 
 
 def test_abandoning_a_slide_stops_its_tiff_thread_and_leaves_no_file(tmp_path):
     probability = working_probabilities()
-    mask = Level0Mask(SHAPE, SCALE, 0.5, tmp_path / "masks" / "mask.tiff")
+    mask = Level0Mask(SHAPE, SCALE, 0.5, tmp_path / "masks" / "mask.tiff", 8)
     mask.extend(probability[:200])
     mask.abort()  # returns only once the TIFF thread, waiting for rows, has stopped
     assert list((tmp_path / "masks").iterdir()) == []
@@ -125,8 +130,8 @@ def test_abandoning_a_slide_stops_its_tiff_thread_and_leaves_no_file(tmp_path):
 
 def test_a_slide_whose_rows_stop_short_fails_with_a_message_instead_of_waiting(tmp_path):
     probability = working_probabilities()
-    mask = Level0Mask(SHAPE, SCALE, 0.5, tmp_path / "masks" / "mask.tiff")
+    mask = Level0Mask(SHAPE, SCALE, 0.5, tmp_path / "masks" / "mask.tiff", 8)
     give_rows(mask, probability, (300, 699))
     with pytest.raises(RuntimeError, match="slide: 699 of 700 working rows"):
-        mask.finish(None, 8, "slide")
+        mask.finish(None, "slide")
     assert list((tmp_path / "masks").iterdir()) == []

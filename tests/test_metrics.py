@@ -8,9 +8,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import disc_slide, write_slide
 from ignite.engine import Engine
 from monai.data import MetaTensor
+
+from conftest import disc_slide, write_slide
 from scripts.metrics import (
     DiceCounts,
     SlideDice,
@@ -18,11 +19,13 @@ from scripts.metrics import (
     map_downsample,
     mean_dice,
     pool_any_into,
+    rle_dice,
 )
-from scripts.prepare import prepare_slide, read_window
+from scripts.prepare import prepare_slide
 from scripts.pyramid import pool_mask
 from scripts.rle import rle_encode
 from scripts.stitching import SlideStitchers, blend_weights
+from scripts.store import LABEL, read_window
 from scripts.wsi_inference import window_datalist
 
 
@@ -91,9 +94,10 @@ def window_outputs(slides, predict):
     for item in window_datalist(slides, ROI, OVERLAP):
         meta = {**item, "location": np.asarray(item["location"])}
         y, x = (v // item["downscale"] for v in item["location"])
-        label = read_window(item["store"], "label", y, x, ROI, ROI).astype(np.float32)
-        outputs.append({"image": MetaTensor(torch.zeros(3, ROI, ROI), meta=meta),
-                        "pred": torch.from_numpy(predict(label))[None]})
+        label = read_window(item["store"], LABEL, y, x, ROI, ROI).astype(np.float32)
+        outputs.append(
+            {"image": MetaTensor(torch.zeros(3, ROI, ROI), meta=meta), "pred": torch.from_numpy(predict(label))[None]}
+        )
     return outputs
 
 
@@ -143,8 +147,10 @@ def stitched_slides(outputs, weights, threshold=0.5):
         prediction = full.setdefault(meta["slide_id"], (np.zeros(shape, bool), meta["store"]))[0]
         for row, band in bands:
             prediction[row : row + len(band)] = band > threshold
-    return {slide: (prediction, read_window(store, "label", 0, 0, *prediction.shape) != 0)
-            for slide, (prediction, store) in full.items()}
+    return {
+        slide: (prediction, read_window(store, LABEL, 0, 0, *prediction.shape) != 0)
+        for slide, (prediction, store) in full.items()
+    }
 
 
 @pytest.mark.parametrize("map_size, downsample", [(20, 16), (64, 4), (1000, 1)])
@@ -178,3 +184,15 @@ def test_error_maps_are_cleared_with_each_run(labelled):
     engine.run([[{**o, "pred": torch.zeros_like(o["pred"])} for o in outputs]])
     maps = metric.error_maps()["s1"]
     assert not maps.prediction.any() and maps.truth.any()  # only the second run's (empty) prediction
+
+
+def test_rle_dice_scores_two_slides_masks_from_their_runs_as_the_mask_dice():
+    rng = np.random.default_rng(0)
+    truth = rng.random((37, 53)) > 0.6
+    predicted = truth.copy()
+    predicted[5:20, 10:40] = ~predicted[5:20, 10:40]
+    expected = dice_score(predicted, truth)
+    assert 0 < expected < 1
+    assert rle_dice(rle_encode(predicted), rle_encode(truth), truth.shape) == pytest.approx(expected)
+    assert rle_dice(rle_encode(truth), rle_encode(truth), truth.shape) == 1.0
+    assert rle_dice("", "", truth.shape) == 1.0  # both empty: Kaggle's 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from monai.networks.nets import FLEXUNET_BACKBONE, FlexibleUNet
+
 from scripts.networks import SERESNEXT50, SEResNeXtEncoder
 
 

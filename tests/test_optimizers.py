@@ -7,11 +7,12 @@ import copy
 import math
 
 import pytest
-import scripts.optimizers
 import torch
-from conftest import BUNDLE
 from monai.bundle import ConfigParser
 from monai.engines import SupervisedTrainer
+
+import scripts.optimizers
+from conftest import BUNDLE
 from scripts.optimizers import BudgetCosineLR, Lookahead, ranger
 
 CONFIGS = BUNDLE / "configs"
@@ -133,8 +134,14 @@ def test_a_checkpoint_loaded_with_weights_only_resumes_bit_identically(tmp_path)
     model_a, optimizer_a, scheduler_a = setup()
     train(model_a, optimizer_a, 5, scheduler_a)  # mid Lookahead cycle (5 % 3), before RAdam rectifies
     path = tmp_path / "last.pt"
-    torch.save({"model": model_a.state_dict(), "optimizer": optimizer_a.state_dict(),
-                "lr_scheduler": scheduler_a.state_dict()}, path)
+    torch.save(
+        {
+            "model": model_a.state_dict(),
+            "optimizer": optimizer_a.state_dict(),
+            "lr_scheduler": scheduler_a.state_dict(),
+        },
+        path,
+    )
 
     model_b, optimizer_b, scheduler_b = setup(seed=1)  # another initialisation, overwritten by the checkpoint
     state = torch.load(path, map_location="cpu", weights_only=True)
@@ -144,7 +151,7 @@ def test_a_checkpoint_loaded_with_weights_only_resumes_bit_identically(tmp_path)
     assert optimizer_b.lookahead_step == 5
     train(model_b, optimizer_b, 7, scheduler_b)
 
-    for resumed, uninterrupted in zip(model_b.parameters(), model.parameters()):
+    for resumed, uninterrupted in zip(model_b.parameters(), model.parameters(), strict=True):
         assert torch.equal(resumed, uninterrupted)
     assert optimizer_b.param_groups[0]["lr"] == optimizer.param_groups[0]["lr"]
     assert optimizer_b.param_groups is optimizer_b.optimizer.param_groups
@@ -177,7 +184,7 @@ def test_grad_scaler_steps_it_and_skips_non_finite_steps():
         scaler.step(optimizer)
         scaler.update()
     train(reference, reference_optimizer, 4)
-    for scaled, plain in zip(model.parameters(), reference.parameters()):
+    for scaled, plain in zip(model.parameters(), reference.parameters(), strict=True):
         assert torch.allclose(scaled, plain, rtol=1e-6, atol=1e-7)
     assert optimizer.lookahead_step == 4
 
@@ -188,7 +195,7 @@ def test_grad_scaler_steps_it_and_skips_non_finite_steps():
     scaler.step(optimizer)  # skipped: neither the base optimizer nor Lookahead steps
     scaler.update()
     assert optimizer.lookahead_step == 4
-    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before))
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before, strict=True))
 
 
 def test_monai_supervised_trainer_drives_it_as_a_plain_loop_does():
@@ -202,8 +209,14 @@ def test_monai_supervised_trainer_drives_it_as_a_plain_loop_does():
 
     model, optimizer = setup()
     start = torch.nn.functional.mse_loss(model(inputs).squeeze(1), targets).item()
-    trainer = SupervisedTrainer(device=torch.device("cpu"), max_epochs=10, train_data_loader=batches,
-                                network=model, optimizer=optimizer, loss_function=torch.nn.MSELoss())
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=10,
+        train_data_loader=batches,
+        network=model,
+        optimizer=optimizer,
+        loss_function=torch.nn.MSELoss(),
+    )
     trainer.run()
     assert optimizer.lookahead_step == 10 * 4
 
@@ -213,7 +226,7 @@ def test_monai_supervised_trainer_drives_it_as_a_plain_loop_does():
             reference_optimizer.zero_grad()
             torch.nn.functional.mse_loss(reference(batch["image"]), batch["label"]).backward()
             reference_optimizer.step()
-    for trained, plain in zip(model.parameters(), reference.parameters()):
+    for trained, plain in zip(model.parameters(), reference.parameters(), strict=True):
         assert torch.allclose(trained, plain, rtol=1e-6, atol=1e-7)
     assert torch.nn.functional.mse_loss(model(inputs).squeeze(1), targets).item() < 0.5 * start
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import imagecodecs
 import numpy as np
 import tifffile
+
 from scripts.outputs import outline_overlay, write_mask_tiff, write_png, write_submission
 
 

@@ -1,5 +1,5 @@
 """The per-slide zarr store (scripts/prepare.py): labels at the working resolution from RLE,
-tissue, glomerulus boxes, caching keyed on the inputs, and reading windows."""
+tissue, glomerulus boxes, caching keyed on the inputs, and the working shape."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import os
 import numpy as np
 import pytest
 import zarr
+
 from conftest import disc_slide, write_slide
 from scripts.errors import InputError, SlideError
-from scripts.prepare import prepare_slide, read_window
+from scripts.prepare import prepare_slide, working_shape
 from scripts.pyramid import pool_mask
 from scripts.regions import REGION_CODES
 from scripts.rle import RleError, rle_encode
@@ -38,7 +39,7 @@ def test_glomerulus_boxes_cover_each_disc(slide, tmp_path):
     prepared = prepare_slide("s1", path, tmp_path / "cache", 2, rle_encode(mask))
     boxes = sorted(zarr.open_group(prepared.store, mode="r").attrs["glomeruli"])
     assert len(boxes) == 2
-    for (y0, x0, y1, x1), (cy, cx, radius) in zip(boxes, [(300, 300, 80), (450, 650, 60)]):
+    for (y0, x0, y1, x1), (cy, cx, radius) in zip(boxes, [(300, 300, 80), (450, 650, 60)], strict=True):
         assert y0 <= cy - radius + 1 and y1 >= cy + radius - 1 and x0 <= cx - radius + 1 and x1 >= cx + radius - 1
         assert y1 - y0 <= 2 * radius + 16  # pooled at 1/8 of level 0: at most one pooled pixel of slack per side
 
@@ -86,21 +87,15 @@ def test_unreadable_slide_is_a_slide_error(tmp_path):
         prepare_slide("bad", bad, tmp_path / "cache", 2, "")
 
 
-def test_read_window_pads_outside_the_array_with_zero(slide, tmp_path):
-    path, mask = slide
-    store = prepare_slide("s1", path, tmp_path / "cache", 2, rle_encode(mask)).store
-    label = zarr.open_group(store, mode="r")["label"][:]
-    window = read_window(store, "label", -10, 440, 30, 20)
-    assert window.shape == (30, 20)
-    assert not window[:10].any() and not window[:, 10:].any()
-    np.testing.assert_array_equal(window[10:, :10], label[:20, 440:450])
-
-
 def _write_features(path, features):
-    path.write_text(json.dumps([
-        {"type": "Feature", "geometry": geometry, "properties": {"classification": {"name": name}}}
-        for name, geometry in features
-    ]))
+    path.write_text(
+        json.dumps(
+            [
+                {"type": "Feature", "geometry": geometry, "properties": {"classification": {"name": name}}}
+                for name, geometry in features
+            ]
+        )
+    )
     return path
 
 
@@ -112,8 +107,9 @@ def _disc_polygon(cy, cx, radius, points=90):
 
 def test_polygons_label_a_slide_without_rle(slide, tmp_path):
     path, mask = slide
-    polygons = _write_features(tmp_path / "s1.json", [("glomerulus", _disc_polygon(300, 300, 80)),
-                                                      ("glomerulus", _disc_polygon(450, 650, 60))])
+    polygons = _write_features(
+        tmp_path / "s1.json", [("glomerulus", _disc_polygon(300, 300, 80)), ("glomerulus", _disc_polygon(450, 650, 60))]
+    )
     prepared = prepare_slide("s1", path, tmp_path / "cache", 2, polygons=polygons)
     label = zarr.open_group(prepared.store, mode="r")["label"][:].astype(bool)
     expected = pool_mask(mask, 2, "mean") >= 0.5
@@ -124,9 +120,13 @@ def test_polygons_label_a_slide_without_rle(slide, tmp_path):
 
 def test_region_file_fills_the_region_map(slide, tmp_path):
     path, mask = slide
-    cortex = {"type": "MultiPolygon", "coordinates": [
-        [[[0, 0], [450, 0], [450, 700], [0, 700], [0, 0]]],
-        [[[450, 0], [900, 0], [900, 200], [450, 200], [450, 0]]]]}
+    cortex = {
+        "type": "MultiPolygon",
+        "coordinates": [
+            [[[0, 0], [450, 0], [450, 700], [0, 700], [0, 0]]],
+            [[[450, 0], [900, 0], [900, 200], [450, 200], [450, 0]]],
+        ],
+    }
     regions = _write_features(tmp_path / "s1-anatomical-structure.json", [("Cortex", cortex)])
     prepared = prepare_slide("s1", path, tmp_path / "cache", 2, rle_encode(mask), regions=regions)
     group = zarr.open_group(prepared.store, mode="r")
@@ -144,3 +144,9 @@ def test_polygons_outside_the_slide_are_a_clear_error(slide, tmp_path):
     polygons = _write_features(tmp_path / "s1.json", [("glomerulus", _disc_polygon(3000, 3000, 80))])
     with pytest.raises(InputError, match=r"s1\.json: polygon 0 \(glomerulus\).*outside the 900 x 700 slide"):
         prepare_slide("s1", path, tmp_path / "cache", 2, polygons=polygons)
+
+
+@pytest.mark.parametrize(("shape", "downscale", "expected"), [((700, 900), 2, (350, 450)), ((701, 9), 4, (176, 3))])
+def test_working_shape_rounds_a_partial_working_pixel_up(shape, downscale, expected):
+    assert working_shape(shape, downscale) == expected
+    assert working_shape([str(v) for v in shape], str(downscale)) == expected  # as datalist metadata carries them

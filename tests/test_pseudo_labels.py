@@ -1,5 +1,6 @@
 """Pseudo-labels (scripts/pseudo_labels.py) and the slide confidence they rest on
-(scripts/wsi_inference.py, counted band by band): confident slides become train.csv-style rows, the others are left out."""
+(scripts/wsi_inference.py, counted band by band): confident slides become train.csv-style rows, the others
+are left out."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+
 from scripts.layout import read_csv_rows
 from scripts.pseudo_labels import write_pseudo_labels
 from scripts.wsi_inference import ConfidenceCounts

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tifffile
+
 from scripts.pyramid import level_shape, num_levels, pool_mask, reduce2x, write_pyramid
 
 
@@ -19,8 +20,10 @@ def smooth_rgb(shape, seed=0):
 
 def pages_of(path):
     with tifffile.TiffFile(path) as tif:
-        return [(page.shape, page.is_tiled, page.tilewidth, page.tilelength, int(page.subfiletype), page.asarray())
-                for page in tif.pages]
+        return [
+            (page.shape, page.is_tiled, page.tilewidth, page.tilelength, int(page.subfiletype), page.asarray())
+            for page in tif.pages
+        ]
 
 
 # --- shapes and reductions ----------------------------------------------------------------------
@@ -87,8 +90,7 @@ def test_pool_mask_max_and_mean_with_background_padding():
 def test_rgb_pyramid_layout_and_pixels(tmp_path, compression):
     shape = (1001, 1501)
     image = smooth_rgb(shape)
-    path = write_pyramid(tmp_path / "slide.tiff", lambda y0, y1: image[y0:y1], shape, tile=256,
-                         compression=compression)
+    path = write_pyramid(tmp_path / "slide.tiff", lambda y0, y1: image[y0:y1], shape, tile=256, compression=compression)
     assert path == tmp_path / "slide.tiff"
     pages = pages_of(path)
     assert len(pages) == num_levels(shape) == 3
@@ -108,8 +110,9 @@ def test_single_channel_pyramid_with_max_reduction(tmp_path):
     shape = (1001, 1501)
     mask = np.zeros(shape, np.uint8)
     mask[::7, ::11] = 255  # isolated pixels: max pooling keeps every one
-    path = write_pyramid(tmp_path / "mask.tiff", lambda y0, y1: mask[y0:y1], shape, channels=1, levels=4,
-                         tile=256, reduce="max")
+    path = write_pyramid(
+        tmp_path / "mask.tiff", lambda y0, y1: mask[y0:y1], shape, channels=1, levels=4, tile=256, reduce="max"
+    )
     pages = pages_of(path)
     assert len(pages) == 4
     expected = mask[..., None]
@@ -126,8 +129,15 @@ def test_a_deflated_mask_of_mostly_empty_tiles_reads_back_exactly(tmp_path):
     mask = np.zeros(shape, np.uint8)
     mask[300:420, 700:1100] = 255  # a few tiles hold foreground, the rest are empty
     mask[1000, 1500] = 255  # the last pixel, in a tile padded past the edge
-    path = write_pyramid(tmp_path / "mask.tiff", lambda y0, y1: mask[y0:y1], shape, channels=1, tile=256,
-                         compression="zlib", reduce="max")
+    path = write_pyramid(
+        tmp_path / "mask.tiff",
+        lambda y0, y1: mask[y0:y1],
+        shape,
+        channels=1,
+        tile=256,
+        compression="zlib",
+        reduce="max",
+    )
     expected = mask[..., None]
     for level, (page_shape, _, _, _, _, pixels) in enumerate(pages_of(path)):
         assert page_shape == level_shape(shape, level)
@@ -157,8 +167,7 @@ def test_a_band_of_the_wrong_shape_is_refused(tmp_path):
 
 def test_resolution_is_recorded_per_level(tmp_path):
     image = smooth_rgb((600, 600))
-    path = write_pyramid(tmp_path / "s.tiff", lambda y0, y1: image[y0:y1], (600, 600), tile=256,
-                         resolution_um=0.5)
+    path = write_pyramid(tmp_path / "s.tiff", lambda y0, y1: image[y0:y1], (600, 600), tile=256, resolution_um=0.5)
     with tifffile.TiffFile(path) as tif:
         assert [round(p.get_resolution("CENTIMETER")[0]) for p in tif.pages] == [20000, 10000]
 
@@ -168,8 +177,7 @@ def test_cucim_reads_aligned_locations_exactly(tmp_path, shape):
     from cucim import CuImage
 
     image = smooth_rgb(shape, seed=3)
-    path = write_pyramid(tmp_path / "s.tiff", lambda y0, y1: image[y0:y1], shape, levels=4, tile=256,
-                         compression="lzw")
+    path = write_pyramid(tmp_path / "s.tiff", lambda y0, y1: image[y0:y1], shape, levels=4, tile=256, compression="lzw")
     levels = [p[5] for p in pages_of(path)]
     slide = CuImage(str(path))
     assert slide.resolutions["level_count"] == 4
@@ -182,21 +190,24 @@ def test_cucim_reads_aligned_locations_exactly(tmp_path, shape):
         for y, x in corners:
             h, w = min(40, height - y // scale), min(40, width - x // scale)
             region = np.asarray(slide.read_region(location=(x, y), size=(w, h), level=level, device="cpu"))
-            np.testing.assert_array_equal(region[..., :3], levels[level][y // scale : y // scale + h,
-                                                                          x // scale : x // scale + w],
-                                          err_msg=f"level {level} at (y={y}, x={x})")
+            np.testing.assert_array_equal(
+                region[..., :3],
+                levels[level][y // scale : y // scale + h, x // scale : x // scale + w],
+                err_msg=f"level {level} at (y={y}, x={x})",
+            )
 
 
-@pytest.mark.xfail(reason="cuCIM maps level-0 locations with one downsample averaged over width and height; "
-                   "for a tall narrow slide (4000 x 257) it differs from 2**k enough to shift rows",
-                   strict=True)
+@pytest.mark.xfail(
+    reason="cuCIM maps level-0 locations with one downsample averaged over width and height; "
+    "for a tall narrow slide (4000 x 257) it differs from 2**k enough to shift rows",
+    strict=True,
+)
 def test_cucim_alignment_holds_for_tall_narrow_slides(tmp_path):
     from cucim import CuImage
 
     shape = (4000, 257)
     image = smooth_rgb(shape)
-    path = write_pyramid(tmp_path / "s.tiff", lambda y0, y1: image[y0:y1], shape, levels=2, tile=256,
-                         compression=None)
+    path = write_pyramid(tmp_path / "s.tiff", lambda y0, y1: image[y0:y1], shape, levels=2, tile=256, compression=None)
     level1 = pages_of(path)[1][5]
     y = 3000  # a multiple of 2
     region = np.asarray(CuImage(str(path)).read_region(location=(0, y), size=(8, 8), level=1, device="cpu"))

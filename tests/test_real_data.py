@@ -7,9 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import zarr
-from conftest import shared_path, write_slide
 from imagecodecs import imread
 from scipy import ndimage
+
+from conftest import shared_path, write_slide
 from scripts.annotations import rasterize, read_annotations
 from scripts.datasets import ImportancePatchDataset
 from scripts.files import write_csv

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from scripts.annotations import Annotation
 from scripts.errors import InputError
 from scripts.regions import REGION_CODES, check_inside, region_map
@@ -16,8 +17,11 @@ def square(name: str, x0: float, y0: float, x1: float, y1: float) -> Annotation:
 def test_cortex_medulla_other_and_glass_get_their_codes():
     tissue = np.zeros((20, 30), bool)
     tissue[2:18, 2:28] = True
-    regions = [square("Cortex", 0, 0, 160, 160), square("Medulla", 40, 40, 120, 120),
-               square("Renal pelvis", 200, 0, 240, 80)]  # an unknown class counts as other
+    regions = [
+        square("Cortex", 0, 0, 160, 160),
+        square("Medulla", 40, 40, 120, 120),
+        square("Renal pelvis", 200, 0, 240, 80),
+    ]  # an unknown class counts as other
     codes = region_map(regions, tissue, downsample=8)  # level-0 pixel = 8 x mask pixel
     assert codes[1, 1] == REGION_CODES["cortex"]  # inside the cortex polygon, even on glass
     assert codes[10, 10] == REGION_CODES["medulla"]  # the medulla wins where both polygons cover

@@ -10,12 +10,17 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import BUNDLE, disc_slide, write_slide
 from ignite.engine import Engine, Events
 from monai.data import MetaTensor
 from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import (
+    IMAGES,
+    EventAccumulator,
+)
+
+from conftest import BUNDLE, disc_slide, write_slide
 from scripts.metrics import SlideDice
-from scripts.prepare import prepare_slide, read_window
+from scripts.prepare import prepare_slide
 from scripts.pyramid import pool_mask
 from scripts.reports import (
     FN_COLOUR,
@@ -27,33 +32,35 @@ from scripts.reports import (
 )
 from scripts.rle import rle_encode
 from scripts.stitching import blend_weights
+from scripts.store import LABEL, read_window
 from scripts.wsi_inference import window_datalist
-from tensorboard.backend.event_processing.event_accumulator import (
-    IMAGES,
-    EventAccumulator,
-)
 
 # --- training curves -----------------------------------------------------------------------------
 
 
 def engines(decollated: bool = True, validate_every: int = 2):
     """A trainer whose loss is ``batch * epoch`` (MONAI's output layout) and a validator scoring ``epoch / 10``."""
+
     def step(engine, batch):
         loss = torch.tensor(float(batch * engine.state.epoch))
         return [{"loss": loss}, {"loss": loss}] if decollated else {"loss": loss, "pred": torch.zeros(2)}
 
     trainer = Engine(step)
     validator = Engine(lambda engine, batch: None)
-    validator.add_event_handler(Events.EPOCH_COMPLETED,  # as a key metric does, before the handlers
-                                lambda engine: engine.state.metrics.update(val_dice=trainer.state.epoch / 10))
+    validator.add_event_handler(
+        Events.EPOCH_COMPLETED,  # as a key metric does, before the handlers
+        lambda engine: engine.state.metrics.update(val_dice=trainer.state.epoch / 10),
+    )
     trainer.add_event_handler(Events.EPOCH_COMPLETED(every=validate_every), lambda engine: validator.run([0]))
     return trainer, validator
 
 
 def read_rows(path):
     with open(path, newline="") as handle:
-        return [(int(r["epoch"]), float(r["loss"]) if r["loss"] else None, float(r["val_dice"]) if r["val_dice"] else None)
-                for r in csv.DictReader(handle)]
+        return [
+            (int(r["epoch"]), float(r["loss"]) if r["loss"] else None, float(r["val_dice"]) if r["val_dice"] else None)
+            for r in csv.DictReader(handle)
+        ]
 
 
 @pytest.mark.parametrize("decollated", [True, False])
@@ -62,13 +69,19 @@ def test_curves_record_mean_loss_per_epoch_and_each_validation(tmp_path, decolla
     curves = TrainingCurves(str(tmp_path), validator)
     curves.attach(trainer)
     seen_mid_run = []
-    trainer.add_event_handler(Events.EPOCH_STARTED(once=3),
-                              lambda engine: seen_mid_run.append(read_rows(tmp_path / "training_curves.csv")))
+    trainer.add_event_handler(
+        Events.EPOCH_STARTED(once=3), lambda engine: seen_mid_run.append(read_rows(tmp_path / "training_curves.csv"))
+    )
     trainer.run([1.0, 2.0, 3.0], max_epochs=5)
     # mean of batch * epoch over batches 1, 2, 3 is 2 * epoch; validated at epochs 2 and 4
     assert seen_mid_run == [[(1, 2.0, None), (2, 4.0, 0.2)]]  # a killed run still has its picture
-    assert read_rows(tmp_path / "training_curves.csv") == [(1, 2.0, None), (2, 4.0, 0.2), (3, 6.0, None),
-                                                         (4, 8.0, 0.4), (5, 10.0, None)]
+    assert read_rows(tmp_path / "training_curves.csv") == [
+        (1, 2.0, None),
+        (2, 4.0, 0.2),
+        (3, 6.0, None),
+        (4, 8.0, 0.4),
+        (5, 10.0, None),
+    ]
     with Image.open(tmp_path / "training_curves.png") as png:
         png.load()
         assert png.format == "PNG" and png.size[0] > 100 and png.size[1] > 100
@@ -97,8 +110,12 @@ def test_a_resumed_run_keeps_the_history_and_a_new_run_starts_over(tmp_path):
     resumed.add_event_handler(Events.STARTED, lambda engine: setattr(engine.state, "epoch", 2))  # a checkpoint's epoch
     TrainingCurves(str(tmp_path), validator).attach(resumed)
     resumed.run([10.0], max_epochs=4)
-    assert read_rows(tmp_path / "training_curves.csv") == [(1, 2.0, None), (2, 4.0, 0.2), (3, 30.0, None),
-                                                         (4, 40.0, 0.4)]
+    assert read_rows(tmp_path / "training_curves.csv") == [
+        (1, 2.0, None),
+        (2, 4.0, 0.2),
+        (3, 30.0, None),
+        (4, 40.0, 0.4),
+    ]
     fresh, validator = engines()
     TrainingCurves(str(tmp_path), validator).attach(fresh)
     fresh.run([1.0], max_epochs=1)
@@ -111,12 +128,19 @@ def test_curves_from_a_monai_supervised_trainer(tmp_path):
     torch.manual_seed(0)
     network = torch.nn.Conv2d(1, 1, 1)
     data = [{"image": torch.rand(2, 1, 4, 4), "label": torch.rand(2, 1, 4, 4)} for _ in range(3)]
-    trainer = SupervisedTrainer(device=torch.device("cpu"), max_epochs=2, train_data_loader=data, network=network,
-                                optimizer=torch.optim.SGD(network.parameters(), lr=0.1),
-                                loss_function=torch.nn.MSELoss())
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=2,
+        train_data_loader=data,
+        network=network,
+        optimizer=torch.optim.SGD(network.parameters(), lr=0.1),
+        loss_function=torch.nn.MSELoss(),
+    )
     losses = {}
-    trainer.add_event_handler(Events.ITERATION_COMPLETED,
-                              lambda engine: losses.setdefault(engine.state.epoch, []).append(float(engine.state.output[0]["loss"])))
+    trainer.add_event_handler(
+        Events.ITERATION_COMPLETED,
+        lambda engine: losses.setdefault(engine.state.epoch, []).append(float(engine.state.output[0]["loss"])),
+    )
     curves = TrainingCurves(str(tmp_path))
     curves.attach(trainer)
     trainer.run()
@@ -147,9 +171,13 @@ def window_outputs(prepared, predict, drop_image=False):
         if drop_image:
             meta.pop("image")
         y, x = (v // item["downscale"] for v in item["location"])
-        label = read_window(item["store"], "label", y, x, ROI, ROI).astype(np.float32)
-        outputs.append({"image": MetaTensor(torch.full((3, ROI, ROI), 0.5), meta=meta),
-                        "pred": torch.from_numpy(predict(label))[None]})
+        label = read_window(item["store"], LABEL, y, x, ROI, ROI).astype(np.float32)
+        outputs.append(
+            {
+                "image": MetaTensor(torch.full((3, ROI, ROI), 0.5), meta=meta),
+                "pred": torch.from_numpy(predict(label))[None],
+            }
+        )
     return outputs
 
 
@@ -241,15 +269,16 @@ def test_tensorboard_panels_show_the_same_labelled_windows_at_each_validation(tm
     accumulator = EventAccumulator(str(tmp_path), size_guidance={IMAGES: 0})
     accumulator.Reload()
     tags = accumulator.Tags()[IMAGES]
-    expected = {f"validation/s1_y{y}_x{x}/{kind}" for _, y, x in images.windows
-                for kind in ("image", "label", "prediction")}
+    expected = {
+        f"validation/s1_y{y}_x{x}/{kind}" for _, y, x in images.windows for kind in ("image", "label", "prediction")
+    }
     assert set(tags) == expected
     (_, y, x) = images.windows[0]
     events = accumulator.Images(f"validation/s1_y{y}_x{x}/label")
     assert [e.step for e in events] == [1, 1]  # one per validation (a plain engine's epoch is 1 each run)
     with Image.open(io.BytesIO(events[0].encoded_image_string)) as png:
         label = np.asarray(png.convert("L"))
-    truth = read_window(prepared.store, "label", y // 2, x // 2, ROI, ROI)
+    truth = read_window(prepared.store, LABEL, y // 2, x // 2, ROI, ROI)
     assert np.array_equal(label > 127, truth > 0) and truth.mean() >= 0.02
     (prediction,) = accumulator.Images(f"validation/s1_y{y}_x{x}/prediction")[:1]
     assert (prediction.width, prediction.height) == (ROI, ROI)
@@ -262,9 +291,13 @@ def test_the_config_parser_gives_the_handler_the_validators_metric(tmp_path):
     parser.read_config(str(BUNDLE / "configs" / "train.yaml"))
     parser["output_dir"], parser["ckpt_dir"] = str(tmp_path / "logs"), str(tmp_path / "models")
     parser["imports"] = [*parser["imports"], "$import scripts.reports"]
-    parser["validate"]["handlers"].append({"_target_": "scripts.reports.ValidationErrorMaps",
-                                           "output_dir": "$@output_dir + '/validation'",
-                                           "metric": "@validate#key_metric#val_dice"})
+    parser["validate"]["handlers"].append(
+        {
+            "_target_": "scripts.reports.ValidationErrorMaps",
+            "output_dir": "$@output_dir + '/validation'",
+            "metric": "@validate#key_metric#val_dice",
+        }
+    )
     handlers = parser.get_parsed_content("validate#handlers")
     assert handlers[-1].metric is parser.get_parsed_content("validate#key_metric")["val_dice"]
     assert str(handlers[-1].output_dir) == str(tmp_path / "logs" / "validation")
@@ -281,18 +314,26 @@ def test_handlers_on_a_monai_evaluator_reading_the_slide(tmp_path, slide):
     from monai.data import DataLoader
     from monai.engines import SupervisedEvaluator
     from monai.transforms import Activationsd, ScaleIntensityRanged
+
     from scripts.datasets import SlideRegionDataset
 
     prepared, _ = slide
-    dataset = SlideRegionDataset(window_datalist([prepared], ROI, OVERLAP),
-                                 transform=ScaleIntensityRanged("image", 0, 255, 0.0, 1.0),
-                                 additional_meta_keys=["num_windows"])
+    dataset = SlideRegionDataset(
+        window_datalist([prepared], ROI, OVERLAP),
+        transform=ScaleIntensityRanged("image", 0, 255, 0.0, 1.0),
+        additional_meta_keys=["num_windows"],
+    )
     metric = SlideDice(blend_weights(ROI, "gaussian", OVERLAP), OVERLAP, map_size=64)
     maps_handler = ValidationErrorMaps(str(tmp_path / "validation"), metric)
     images = ValidationImages(str(tmp_path / "tb"), per_slide=1)
-    evaluator = SupervisedEvaluator(device=torch.device("cpu"), val_data_loader=DataLoader(dataset, batch_size=4),
-                                    network=DarkIsGlomerulus(), postprocessing=Activationsd("pred", sigmoid=True),
-                                    key_val_metric={"val_dice": metric}, val_handlers=[maps_handler, images])
+    evaluator = SupervisedEvaluator(
+        device=torch.device("cpu"),
+        val_data_loader=DataLoader(dataset, batch_size=4),
+        network=DarkIsGlomerulus(),
+        postprocessing=Activationsd("pred", sigmoid=True),
+        key_val_metric={"val_dice": metric},
+        val_handlers=[maps_handler, images],
+    )
     evaluator.run(3)
     images.close()
     assert evaluator.state.metrics["val_dice"] > 0.8

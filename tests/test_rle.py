@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from scripts.errors import InputError
 from scripts.rle import (
     BlockRunEncoder,
@@ -105,7 +106,7 @@ def test_round_trip_matches_flatten_order_f():
     mask = random_mask(rng, (13, 11), blocky=False)
     starts, lengths = parse_rle(rle_encode(mask), mask.size)
     flat = np.zeros(mask.size, np.uint8)
-    for s, n in zip(starts, lengths):
+    for s, n in zip(starts, lengths, strict=True):
         flat[s : s + n] = 1
     np.testing.assert_array_equal(flat, mask.flatten(order="F"))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+
 from conftest import disc_slide, write_slide
 from scripts.prepare import prepare_slide
 from scripts.rle import rle_encode
@@ -72,8 +73,10 @@ def test_grid_tiles_cover_the_tissue_and_drop_the_glass(tmp_path):
 
 
 def test_folds_are_stratified_by_glomerulus_count():
-    slides = {f"id{i}": SimpleNamespace(name=f"id{i}", glomeruli=count)
-              for i, count in enumerate([0, 1, 2, 3, 50, 60, 70, 80, 500, 600, 700, 800])}
+    slides = {
+        f"id{i}": SimpleNamespace(name=f"id{i}", glomeruli=count)
+        for i, count in enumerate([0, 1, 2, 3, 50, 60, 70, 80, 500, 600, 700, 800])
+    }
     for fold in range(4):
         _, val = split_slides(slides, 4, fold, seed=1)
         counts = sorted(s.glomeruli for s in val)

@@ -9,12 +9,15 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import BUNDLE, shared_path
 from imagecodecs import imread
 from monai.bundle import ConfigParser
+
+from conftest import BUNDLE, shared_path
 from scripts.checkpoints import checkpoint_files
 from scripts.inferers import WindowInferer
 from scripts.metrics import dice_score
+
+pytestmark = pytest.mark.slow  # the integration tier: the shipped ensemble over real tiles
 
 CONFIGS = BUNDLE / "configs"
 MODELS = BUNDLE / "models"

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import tifffile
+
 from conftest import patch_dimensions, write_slide
 from scripts import slides as slides_module
 from scripts.errors import SlideError
@@ -28,14 +29,17 @@ def smooth_rgb(shape=SHAPE):
     """Gradients plus a 32-pixel checkerboard (aligned to JPEG blocks), so a shift of one pixel shows."""
     yy, xx = np.mgrid[: shape[0], : shape[1]]
     checker = ((yy // 32 + xx // 32) % 2 * 40)[..., None]
-    return (np.stack([60 + yy * 150 // shape[0], 40 + xx * 150 // shape[1], 120 + (yy + xx) * 80 // sum(shape)], -1)
-            + checker).astype(np.uint8)
+    return (
+        np.stack([60 + yy * 150 // shape[0], 40 + xx * 150 // shape[1], 120 + (yy + xx) * 80 // sum(shape)], -1)
+        + checker
+    ).astype(np.uint8)
 
 
 RGB = smooth_rgb()
 GRAY = RGB[..., 1]
-RGB16 = (np.stack(np.mgrid[: SHAPE[0], : SHAPE[1]] * [[[60000 / SHAPE[0]]], [[60000 / SHAPE[1]]]] + 2000, -1)
-         .astype(np.uint16)[..., [0, 1, 1]])
+RGB16 = np.stack(np.mgrid[: SHAPE[0], : SHAPE[1]] * [[[60000 / SHAPE[0]]], [[60000 / SHAPE[1]]]] + 2000, -1).astype(
+    np.uint16
+)[..., [0, 1, 1]]
 RGB16[..., 2] = 30000
 
 
@@ -47,24 +51,53 @@ def write_subifd_pyramid(path):
 
 # name: (writer, expected RGB content, a phrase of the problem it must be converted for)
 LAYOUTS = {
-    "tiled_no_pyramid": (lambda p: tifffile.imwrite(p, RGB, photometric="rgb", **TILE), RGB,
-                         "no pyramid level at downscale 2"),
-    "zstd": (lambda p: tifffile.imwrite(p, RGB, photometric="rgb", compression="zstd", **TILE), RGB,
-             "zstd compression"),
-    "deflate_predictor": (lambda p: tifffile.imwrite(p, RGB, photometric="rgb", compression="zlib", predictor=True,
-                                                     **TILE), RGB, "predictor (crashes cuCIM)"),
+    "tiled_no_pyramid": (
+        lambda p: tifffile.imwrite(p, RGB, photometric="rgb", **TILE),
+        RGB,
+        "no pyramid level at downscale 2",
+    ),
+    "zstd": (
+        lambda p: tifffile.imwrite(p, RGB, photometric="rgb", compression="zstd", **TILE),
+        RGB,
+        "zstd compression",
+    ),
+    "deflate_predictor": (
+        lambda p: tifffile.imwrite(p, RGB, photometric="rgb", compression="zlib", predictor=True, **TILE),
+        RGB,
+        "predictor (crashes cuCIM)",
+    ),
     "stripped": (lambda p: tifffile.imwrite(p, RGB, photometric="rgb"), RGB, "stripped, not tiled"),
-    "planar_chw": (lambda p: tifffile.imwrite(p, np.moveaxis(RGB, -1, 0), photometric="rgb", planarconfig="separate",
-                                              **TILE), RGB, "channels stored as separate planes"),
-    "five_d": (lambda p: tifffile.imwrite(p, np.moveaxis(RGB, -1, 0)[None, None], **TILE), RGB,
-               f"layout QQSYX (1, 1, 3, {SHAPE[0]}, {SHAPE[1]}) is not (H, W, 3)"),
-    "rgba": (lambda p: tifffile.imwrite(p, np.dstack([RGB, (np.arange(SHAPE[1]) % 256 + np.zeros(SHAPE)).astype(
-        np.uint8)]), photometric="rgb", extrasamples=["unassalpha"], **TILE), RGB,
-             f"layout YXS ({SHAPE[0]}, {SHAPE[1]}, 4)"),
-    "rgb16": (lambda p: tifffile.imwrite(p, RGB16, photometric="rgb", **TILE), (RGB16 / 257).round().astype(np.uint8),
-              "uint16 samples, not uint8"),
-    "gray": (lambda p: tifffile.imwrite(p, GRAY, photometric="minisblack", **TILE), np.dstack([GRAY] * 3),
-             f"layout YX {SHAPE}"),
+    "planar_chw": (
+        lambda p: tifffile.imwrite(p, np.moveaxis(RGB, -1, 0), photometric="rgb", planarconfig="separate", **TILE),
+        RGB,
+        "channels stored as separate planes",
+    ),
+    "five_d": (
+        lambda p: tifffile.imwrite(p, np.moveaxis(RGB, -1, 0)[None, None], **TILE),
+        RGB,
+        f"layout QQSYX (1, 1, 3, {SHAPE[0]}, {SHAPE[1]}) is not (H, W, 3)",
+    ),
+    "rgba": (
+        lambda p: tifffile.imwrite(
+            p,
+            np.dstack([RGB, (np.arange(SHAPE[1]) % 256 + np.zeros(SHAPE)).astype(np.uint8)]),
+            photometric="rgb",
+            extrasamples=["unassalpha"],
+            **TILE,
+        ),
+        RGB,
+        f"layout YXS ({SHAPE[0]}, {SHAPE[1]}, 4)",
+    ),
+    "rgb16": (
+        lambda p: tifffile.imwrite(p, RGB16, photometric="rgb", **TILE),
+        (RGB16 / 257).round().astype(np.uint8),
+        "uint16 samples, not uint8",
+    ),
+    "gray": (
+        lambda p: tifffile.imwrite(p, GRAY, photometric="minisblack", **TILE),
+        np.dstack([GRAY] * 3),
+        f"layout YX {SHAPE}",
+    ),
     "subifd_pyramid": (write_subifd_pyramid, RGB, "pyramid stored in SubIFDs"),
 }
 
@@ -199,8 +232,7 @@ def broken_files(tmp_path):
     truncated.write_bytes(good.read_bytes()[:200])
     half = tmp_path / "half.tiff"
     half.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    return {"missing": tmp_path / "missing.tiff", "empty": empty, "text": text, "truncated": truncated,
-            "half": half}
+    return {"missing": tmp_path / "missing.tiff", "empty": empty, "text": text, "truncated": truncated, "half": half}
 
 
 @pytest.mark.parametrize("name", ["missing", "empty", "text", "truncated", "half"])
@@ -239,8 +271,12 @@ def test_thumbnails_read_in_several_threads_take_turns_in_cucim(tmp_path, monkey
     slides at a time did: the reads must not overlap, and each thread still gets its own slide."""
     from monai.data import WSIReader
 
-    paths = [write_pyramid(tmp_path / f"s{i}.tiff", lambda y0, y1, i=i: (RGB[y0:y1] // (i + 1)), SHAPE, tile=256,
-                           compression="lzw") for i in range(4)]
+    paths = [
+        write_pyramid(
+            tmp_path / f"s{i}.tiff", lambda y0, y1, i=i: RGB[y0:y1] // (i + 1), SHAPE, tile=256, compression="lzw"
+        )
+        for i in range(4)
+    ]
     inside, most = [0], [0]
     real_read = WSIReader.read
 
@@ -292,7 +328,9 @@ def test_a_file_cucim_crashes_on_is_converted_instead(tmp_path, cache, monkeypat
     source = written(tmp_path, "tiled_no_pyramid")
     failures = {"probe": "the reader crashed (SIGSEGV)"}
     real = slides_module.run_isolated
-    monkeypatch.setattr(slides_module, "run_isolated", lambda command, *args: failures.get(command) or real(command, *args))
+    monkeypatch.setattr(
+        slides_module, "run_isolated", lambda command, *args: failures.get(command) or real(command, *args)
+    )
     readable = ensure_readable(source, cache, 1)
     assert readable != source and readable.parent == cache  # a canonical copy, never the crashing file
     assert inspect_slide(readable, 1).problems == ()
@@ -300,7 +338,9 @@ def test_a_file_cucim_crashes_on_is_converted_instead(tmp_path, cache, monkeypat
 
 def test_cucim_is_imported_in_a_background_thread():
     """The first import of cuCIM (slow, more so on a GPU machine) overlaps with the probes' child processes."""
-    code = ("import sys; from scripts.slides import import_cucim_in_background; assert 'cucim' not in sys.modules; "
-            "thread = import_cucim_in_background(); thread.join(); print(thread.name, 'cucim' in sys.modules)")
+    code = (
+        "import sys; from scripts.slides import import_cucim_in_background; assert 'cucim' not in sys.modules; "
+        "thread = import_cucim_in_background(); thread.join(); print(thread.name, 'cucim' in sys.modules)"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=BUNDLE, capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["import-cucim", "True"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from scripts.stitching import BandStitcher, blend_weights, window_starts
 
 HEIGHT, WIDTH, ROI, OVERLAP = 1000, 300, 128, 0.25
@@ -25,8 +26,9 @@ def stitch(step: int, skip_every: int = 0) -> list[tuple[int, np.ndarray]]:
 @pytest.mark.parametrize("step", [64, 100, 512])
 def test_aligned_bands_hold_the_same_rows_and_start_and_end_on_steps(step):
     plain, aligned = stitch(1, skip_every=5), stitch(step, skip_every=5)
-    np.testing.assert_array_equal(np.concatenate([band for _, band in aligned]),
-                                  np.concatenate([band for _, band in plain]))
+    np.testing.assert_array_equal(
+        np.concatenate([band for _, band in aligned]), np.concatenate([band for _, band in plain])
+    )
     rows = [row for row, _ in aligned]
     assert rows[0] == 0 and all(row % step == 0 for row in rows)
     ends = [row + len(band) for row, band in aligned]

@@ -4,6 +4,7 @@ specks dropped, holes filled, and a real PAS tile."""
 from __future__ import annotations
 
 import numpy as np
+
 from conftest import shared_path
 from scripts.pyramid import reduce2x
 from scripts.tissue import saturation, tissue_mask
@@ -32,8 +33,9 @@ def iou(a, b):
 
 
 def test_saturation_of_known_colours():
-    rgb = np.array([[[255, 255, 255], [0, 0, 0], [200, 100, 150], [10, 5, 5], [238, 230, 234], [255, 127, 200]]],
-                   np.uint8)
+    rgb = np.array(
+        [[[255, 255, 255], [0, 0, 0], [200, 100, 150], [10, 5, 5], [238, 230, 234], [255, 127, 200]]], np.uint8
+    )
     assert saturation(rgb).tolist() == [[0, 0, 127, 127, 8, 128]]
 
 

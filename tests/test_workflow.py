@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+
 import scripts.workflow
 from conftest import disc_slide, write_slide
 from scripts.files import write_csv
@@ -36,8 +37,16 @@ def prepare(root, tmp_path, function=training_slides, **kwargs):
 
 
 def test_bad_rows_are_reported_and_the_good_slides_prepared(tmp_path):
-    root = make_dataset(tmp_path / "data", bad_rows=[("badrle", "1 2 3"), ("nofile", "1 5"), ("../escape", "1 5"),
-                                                     ("notatiff", "1 5"), ("toolong", "1 999999999")])
+    root = make_dataset(
+        tmp_path / "data",
+        bad_rows=[
+            ("badrle", "1 2 3"),
+            ("nofile", "1 5"),
+            ("../escape", "1 5"),
+            ("notatiff", "1 5"),
+            ("toolong", "1 999999999"),
+        ],
+    )
     (root / "train" / "badrle.tiff").write_bytes((root / "train" / "good1.tiff").read_bytes())
     (root / "train" / "notatiff.tiff").write_text("this is not a TIFF")
     (root / "train" / "toolong.tiff").write_bytes((root / "train" / "good1.tiff").read_bytes())
@@ -105,8 +114,13 @@ def _polygon_json(path, discs):
     for cy, cx, radius in discs:
         angles = np.linspace(0, 2 * np.pi, 60, endpoint=False)
         ring = np.stack([cx + radius * np.cos(angles), cy + radius * np.sin(angles)], axis=1).tolist()
-        features.append({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring + ring[:1]]},
-                         "properties": {"classification": {"name": "glomerulus"}}})
+        features.append(
+            {
+                "type": "Feature",
+                "geometry": {"type": "Polygon", "coordinates": [ring + ring[:1]]},
+                "properties": {"classification": {"name": "glomerulus"}},
+            }
+        )
     path.write_text(json.dumps(features))
 
 
@@ -122,4 +136,7 @@ def test_slides_with_polygons_and_no_row_are_labelled_from_them(tmp_path):
     assert list(slides.prepared) == ["good1", "good2", "poly"]
     assert slides.prepared["poly"].has_label and slides.prepared["poly"].glomeruli == 2
     assert slides.prepared["good1"].glomeruli == 2 and "poly" not in slides.truth
-    assert "far.json: polygon 0 (glomerulus)" in slides.failed["far"] and "outside the 900 x 700 slide" in slides.failed["far"]
+    assert (
+        "far.json: polygon 0 (glomerulus)" in slides.failed["far"]
+        and "outside the 900 x 700 slide" in slides.failed["far"]
+    )

@@ -14,11 +14,12 @@ import pytest
 import tifffile
 import torch
 import torch.nn.functional as F
-from conftest import disc_slide, write_slide
 from monai.data import DataLoader
 from monai.engines import SupervisedEvaluator
 from monai.inferers import SimpleInferer
 from monai.transforms import Activationsd, Compose, ScaleIntensityRanged
+
+from conftest import disc_slide, write_slide
 from scripts.annotations import PolygonTracer, rasterize, read_annotations
 from scripts.datasets import SlideRegionDataset
 from scripts.prepare import prepare_slide
@@ -58,12 +59,17 @@ def slides(tmp_path):
 
 def run_inference(slides, output_dir, roi=128, overlap=0.25, blend="gaussian", **writer_args):
     data = window_datalist(slides, roi, overlap, skip=writer_args.get("done", ()))
-    dataset = SlideRegionDataset(data, transform=ScaleIntensityRanged("image", 0, 255, 0.0, 1.0),
-                                 additional_meta_keys=["num_windows"])
+    dataset = SlideRegionDataset(
+        data, transform=ScaleIntensityRanged("image", 0, 255, 0.0, 1.0), additional_meta_keys=["num_windows"]
+    )
     writer = SlidePredictionWriter(str(output_dir), slides, blend_weights(roi, blend, overlap), overlap, **writer_args)
     evaluator = SupervisedEvaluator(
-        device=torch.device("cpu"), val_data_loader=DataLoader(dataset, batch_size=3), network=PurpleDetector(),
-        inferer=SimpleInferer(), postprocessing=Compose([Activationsd("pred", sigmoid=True)]), val_handlers=[writer],
+        device=torch.device("cpu"),
+        val_data_loader=DataLoader(dataset, batch_size=3),
+        network=PurpleDetector(),
+        inferer=SimpleInferer(),
+        postprocessing=Compose([Activationsd("pred", sigmoid=True)]),
+        val_handlers=[writer],
     )
     evaluator.run() if len(dataset) else writer.finish()
     return data, writer
@@ -86,8 +92,13 @@ def test_windows_cover_tissue_only(slides):
 def test_every_output_agrees_with_the_truth_and_with_each_other(slides, tmp_path):
     prepared, mask, _ = slides
     out = tmp_path / "out"
-    run_inference(prepared, out, truth={"s1": rle_encode(mask), "empty": ""},
-                  failed={"gone": "train.csv row 9: slide 'gone' has no image"}, listed=["s1", "empty", "gone"])
+    run_inference(
+        prepared,
+        out,
+        truth={"s1": rle_encode(mask), "empty": ""},
+        failed={"gone": "train.csv row 9: slide 'gone' has no image"},
+        listed=["s1", "empty", "gone"],
+    )
     with open(out / "submission.csv") as handle:
         rows = {row["id"]: row["predicted"] for row in csv.DictReader(handle)}
     assert list(rows) == ["s1", "empty", "gone"] and rows["empty"] == "" and rows["gone"] == ""

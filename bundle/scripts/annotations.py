@@ -108,8 +108,13 @@ def rasterize(
     return mask
 
 
-def mask_to_annotations(mask: np.ndarray, name: str = "glomerulus", scale: float = 1.0,
-                        origin: tuple[float, float] = (0.0, 0.0), min_area: float = 0.0) -> list[Annotation]:
+def mask_to_annotations(
+    mask: np.ndarray,
+    name: str = "glomerulus",
+    scale: float = 1.0,
+    origin: tuple[float, float] = (0.0, 0.0),
+    min_area: float = 0.0,
+) -> list[Annotation]:
     """Trace the outlines of a binary mask as polygons.
 
     Args:
@@ -152,8 +157,15 @@ class PolygonTracer:
         min_area: drop polygons smaller than this many level-0 pixels.
     """
 
-    def __init__(self, shape: tuple[int, int], scale: float = 1.0, tile: int = 2048, halo: int = 256,
-                 name: str = "glomerulus", min_area: float = 0.0) -> None:
+    def __init__(
+        self,
+        shape: tuple[int, int],
+        scale: float = 1.0,
+        tile: int = 2048,
+        halo: int = 256,
+        name: str = "glomerulus",
+        min_area: float = 0.0,
+    ) -> None:
         self.shape, self.scale = shape, scale
         self.tile, self.halo, self.name, self.min_area = tile, halo, name, min_area
         self.polygons: list[Annotation] = []  # ``[x, y]`` at level 0, in tile order
@@ -183,8 +195,9 @@ class PolygonTracer:
         self.add(np.zeros((max(self.shape[0] - self._received, 0), self.shape[1]), bool))
 
     def _read(self, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
-        parts = [band[max(y0 - top, 0) : y1 - top, x0:x1] for top, band in self._bands
-                 if top < y1 and top + len(band) > y0]
+        parts = [
+            band[max(y0 - top, 0) : y1 - top, x0:x1] for top, band in self._bands if top < y1 and top + len(band) > y0
+        ]
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
     def _trace_tile(self, ty: int, tx: int) -> None:
@@ -202,8 +215,9 @@ class PolygonTracer:
             component = labels[box] == index
             # specks far below min_area are not worth tracing (a polygon's area is about its pixels')
             if component.sum() * self.scale**2 >= self.min_area / 2:
-                self.polygons += mask_to_annotations(component, self.name, self.scale, (top * self.scale, left * self.scale),
-                                                     self.min_area)
+                self.polygons += mask_to_annotations(
+                    component, self.name, self.scale, (top * self.scale, left * self.scale), self.min_area
+                )
 
 
 def write_annotations(path: str | os.PathLike, annotations: list[Annotation]) -> Path:

@@ -25,11 +25,18 @@ from .files import atomic_path
 from .folds import fold_members
 from .handlers import MODEL_FILE, RECORD_FILE, read_record
 
-__all__ = ["check_checkpoint", "checkpoint_files", "ensemble", "load_initial_weights", "read_weights",
-           "save_half_precision"]
+__all__ = [
+    "check_checkpoint",
+    "checkpoint_files",
+    "ensemble",
+    "load_initial_weights",
+    "read_weights",
+    "save_half_precision",
+]
 
-TRAIN_FIRST = ("train first (python -m monai.bundle run training --config_file bundle/configs/train.yaml) "
-               "or pass --ckpt_path")
+TRAIN_FIRST = (
+    "train first (python -m monai.bundle run training --config_file bundle/configs/train.yaml) or pass --ckpt_path"
+)
 
 
 def checkpoint_files(ckpt_path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
@@ -46,8 +53,9 @@ def checkpoint_files(ckpt_path: str | os.PathLike | Sequence[str | os.PathLike])
         if path.is_dir():
             members = fold_members(path) or ([path / MODEL_FILE] if (path / MODEL_FILE).is_file() else [])
             if not members:
-                raise InputError(f"checkpoint folder {path} holds neither fold<k>/{MODEL_FILE} nor {MODEL_FILE}: "
-                                 f"{TRAIN_FIRST}")
+                raise InputError(
+                    f"checkpoint folder {path} holds neither fold<k>/{MODEL_FILE} nor {MODEL_FILE}: {TRAIN_FIRST}"
+                )
             return members
         paths = [path]
     else:
@@ -65,8 +73,10 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         weights = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as error:  # not a checkpoint file
-        raise InputError(f"checkpoint {path} cannot be read as PyTorch weights ({type(error).__name__}): pass a "
-                         "model.pt saved by training") from None
+        raise InputError(
+            f"checkpoint {path} cannot be read as PyTorch weights ({type(error).__name__}): pass a "
+            "model.pt saved by training"
+        ) from None
     if isinstance(weights, dict) and isinstance(weights.get("model"), dict):  # a last.pt, as MONAI's loader reads it
         weights = weights["model"]
     return weights
@@ -85,8 +95,9 @@ def _checked_weights(path: Path, network: torch.nn.Module) -> dict[str, torch.Te
 
 
 @user_errors
-def check_checkpoint(ckpt_path: str | os.PathLike | Sequence[str | os.PathLike],
-                     network: torch.nn.Module | None = None) -> str | os.PathLike | Sequence[str | os.PathLike]:
+def check_checkpoint(
+    ckpt_path: str | os.PathLike | Sequence[str | os.PathLike], network: torch.nn.Module | None = None
+) -> str | os.PathLike | Sequence[str | os.PathLike]:
     """Fail with one line when a checkpoint to load is missing, unreadable, or holds the weights
     of another network (a model trained with a recipe, run without it), instead of the loader's traceback.
 
@@ -111,14 +122,17 @@ def _check_settings(path: Path, settings: dict) -> None:
     record = read_record(path.parent) or {}
     for key, value in settings.items():
         if key in record and record[key] != value:
-            raise InputError(f"checkpoint {path} was trained with {key} {record[key]} ({path.parent / RECORD_FILE}), "
-                             f"this run works at {key} {value}: pass --{key} {record[key]}, or only checkpoints "
-                             f"trained with {key} {value}")
+            raise InputError(
+                f"checkpoint {path} was trained with {key} {record[key]} ({path.parent / RECORD_FILE}), "
+                f"this run works at {key} {value}: pass --{key} {record[key]}, or only checkpoints "
+                f"trained with {key} {value}"
+            )
 
 
 @user_errors
-def ensemble(network: torch.nn.Module, ckpt_path: str | os.PathLike | Sequence[str | os.PathLike],
-             settings: dict | None = None) -> torch.nn.Module:
+def ensemble(
+    network: torch.nn.Module, ckpt_path: str | os.PathLike | Sequence[str | os.PathLike], settings: dict | None = None
+) -> torch.nn.Module:
     """The network with the checkpoint's weights, or one copy of it per member of an ensemble.
 
     Every file is checked before any is loaded, so nothing runs when one of them is bad.
@@ -138,7 +152,7 @@ def ensemble(network: torch.nn.Module, ckpt_path: str | os.PathLike | Sequence[s
         _check_settings(path, settings or {})
     weights = [_checked_weights(path, network) for path in paths]
     members = [network] + [copy.deepcopy(network) for _ in paths[1:]]
-    for member, state in zip(members, weights):
+    for member, state in zip(members, weights, strict=True):
         member.load_state_dict(state)  # half-precision weights are copied into the network's own dtype
     return network if len(members) == 1 else torch.nn.ModuleList(members)
 
@@ -158,8 +172,10 @@ def load_initial_weights(network: torch.nn.Module, init_ckpt: str | os.PathLike 
         return
     paths = checkpoint_files(init_ckpt)
     if len(paths) > 1:
-        raise InputError(f"init_ckpt {init_ckpt} holds an ensemble of {len(paths)}; fine-tuning starts from one model: "
-                         f"pass one of its files, e.g. {paths[0]}")
+        raise InputError(
+            f"init_ckpt {init_ckpt} holds an ensemble of {len(paths)}; fine-tuning starts from one model: "
+            f"pass one of its files, e.g. {paths[0]}"
+        )
     module = getattr(network, "module", network)
     module.load_state_dict(_checked_weights(paths[0], module))
     print(f"training starts from the weights of {paths[0]}")
@@ -191,6 +207,8 @@ def _weights_mismatch(weights: object, expected: dict[str, torch.Tensor]) -> str
         return f"{len(missing)} of the network's weights missing, {len(extra)} unknown, e.g. {(missing or extra)[0]!r}"
     if reshaped:
         key = reshaped[0]
-        return (f"{len(reshaped)} weights of another shape, e.g. {key!r}: {tuple(weights[key].shape)} "
-                f"instead of {tuple(expected[key].shape)}")
+        return (
+            f"{len(reshaped)} weights of another shape, e.g. {key!r}: {tuple(weights[key].shape)} "
+            f"instead of {tuple(expected[key].shape)}"
+        )
     return ""

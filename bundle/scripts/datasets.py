@@ -12,15 +12,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
-import zarr
 from monai.data import PatchWSIDataset
 from monai.transforms import Randomizable
 
+from .keys import DOWNSCALE, IMAGE, LOCATION, PATH, READ_ERROR, SHAPE, SIZE, STORE, WINDOW_META_KEYS
+from .prepare import working_shape
 from .regions import SAMPLING_CLASSES
+from .store import read_regions
 
 __all__ = ["ImportancePatchDataset", "SlideRegionDataset"]
-
-META_KEYS = ("slide_id", "store", "downscale", "shape")
 
 
 class SlideRegionDataset(PatchWSIDataset):
@@ -33,7 +33,7 @@ class SlideRegionDataset(PatchWSIDataset):
 
     Args:
         data: datalist items with ``image``, ``location``, ``size``, ``level`` and
-            the keys in ``META_KEYS`` (copied into the image metadata for later transforms).
+            the keys in :data:`scripts.keys.WINDOW_META_KEYS` (copied into the image metadata for later transforms).
         transform: transforms applied to ``{"image": MetaTensor}``.
         additional_meta_keys: further item keys to copy into the metadata.
         reader: WSIReader backend.
@@ -48,15 +48,22 @@ class SlideRegionDataset(PatchWSIDataset):
         **kwargs,
     ) -> None:
         super().__init__(
-            data, patch_size=None, patch_level=None, transform=transform, include_label=False,
-            center_location=False, additional_meta_keys=[*META_KEYS, *additional_meta_keys], reader=reader, **kwargs,
+            data,
+            patch_size=None,
+            patch_level=None,
+            transform=transform,
+            include_label=False,
+            center_location=False,
+            additional_meta_keys=[*WINDOW_META_KEYS, *additional_meta_keys],
+            reader=reader,
+            **kwargs,
         )
 
     def _get_data(self, sample: dict):
         image, metadata = self._read(sample)
-        downscale = sample["downscale"]
-        top, left = (int(v) // downscale for v in metadata["location"])
-        rows, cols = (-(-int(v) // downscale) for v in sample["shape"])  # the slide at the working level
+        downscale = sample[DOWNSCALE]
+        top, left = (int(v) // downscale for v in metadata[LOCATION])
+        rows, cols = working_shape(sample[SHAPE], downscale)  # the slide at the working level
         r0, c0 = max(-top, 0), max(-left, 0)
         r1, c1 = min(rows - top, image.shape[1]), min(cols - left, image.shape[2])
         if (r0, c0, r1, c1) == (0, 0, *image.shape[1:]):
@@ -74,15 +81,20 @@ class SlideRegionDataset(PatchWSIDataset):
         for _ in range(2):
             try:
                 image, metadata = super()._get_data(sample)
-                return image, {**metadata, "read_error": ""}
+                return image, {**metadata, READ_ERROR: ""}
             except Exception as caught:  # cuCIM raises RuntimeError, MONAI ValueError; all mean the same here
                 error = caught
         size = self._get_size(sample)
         metadata = {
-            "backend": self.backend, "original_channel_dim": 0, "spatial_shape": np.asarray(size), "count": 1,
-            "location": np.asarray(self._get_location(sample)), "size": np.asarray(size),
-            "level": self._get_level(sample), "path": sample["image"],
-            "read_error": f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:300],
+            "backend": self.backend,
+            "original_channel_dim": 0,
+            "spatial_shape": np.asarray(size),
+            "count": 1,
+            LOCATION: np.asarray(self._get_location(sample)),
+            SIZE: np.asarray(size),
+            "level": self._get_level(sample),
+            PATH: sample[IMAGE],
+            READ_ERROR: f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:300],
         }
         return np.full((3, *size), 255, np.uint8), metadata
 
@@ -93,9 +105,9 @@ class ImportancePatchDataset(Randomizable, SlideRegionDataset):
     A ``glomerulus`` unit gets a centre uniform in its ``bbox`` (level-0 ``[y0, x0, y1, x1]``); a
     ``random`` unit picks a region class (:data:`scripts.regions.SAMPLING_CLASSES`) with probability
     proportional to its ``weights`` (``{class: weight}``, classes the slide lacks left out), then a
-    centre uniform in that class's pixels of the region map; a ``grid`` unit keeps its fixed ``centre``. The draw uses this dataset's random
-    state, which MONAI's ``DataLoader`` reseeds per worker and per epoch, so every epoch sees new
-    patches and a seeded run repeats exactly.
+    centre uniform in that class's pixels of the region map; a ``grid`` unit keeps its fixed ``centre``.
+    The draw uses this dataset's random state, which MONAI's ``DataLoader`` reseeds per worker and per
+    epoch, so every epoch sees new patches and a seeded run repeats exactly.
 
     Args:
         data: sampling units (see :mod:`scripts.sampling`).
@@ -105,8 +117,15 @@ class ImportancePatchDataset(Randomizable, SlideRegionDataset):
         reader: WSIReader backend.
     """
 
-    def __init__(self, data: Sequence[dict], patch_size: int, transform: Callable | None = None, seed: int = 0,
-                 reader: str = "cuCIM", **kwargs) -> None:
+    def __init__(
+        self,
+        data: Sequence[dict],
+        patch_size: int,
+        transform: Callable | None = None,
+        seed: int = 0,
+        reader: str = "cuCIM",
+        **kwargs,
+    ) -> None:
         super().__init__(data, transform=transform, reader=reader, **kwargs)
         self.patch_side = patch_size
         self._regions: dict[str, tuple[dict[str, tuple[np.ndarray, np.ndarray]], int]] = {}
@@ -119,7 +138,7 @@ class ImportancePatchDataset(Randomizable, SlideRegionDataset):
         if data["region"] == "glomerulus":
             y0, x0, y1, x1 = data["bbox"]
             return int(self.R.randint(y0, max(y1, y0 + 1))), int(self.R.randint(x0, max(x1, x0 + 1)))
-        points, downsample = self._region_points(data["store"])
+        points, downsample = self._region_points(data[STORE])
         names = [name for name, weight in data["weights"].items() if weight > 0 and name in points]
         if not names:
             return int(self.R.randint(0, data["shape"][0])), int(self.R.randint(0, data["shape"][1]))
@@ -132,22 +151,20 @@ class ImportancePatchDataset(Randomizable, SlideRegionDataset):
         """``({class: (rows, cols)}, downsample)`` of the store's region map, for the classes it holds;
         read once per store."""
         if store not in self._regions:
-            group = zarr.open_group(store, mode="r")
-            regions = group["regions"][:]
+            regions, downsample = read_regions(store)
             points = {}
             for name, codes in SAMPLING_CLASSES.items():
                 rows, cols = np.nonzero(np.isin(regions, codes))
                 if len(rows):
                     points[name] = (rows.astype(np.int32), cols.astype(np.int32))
-            self._regions[store] = (points, int(group.attrs["tissue_downsample"]))
+            self._regions[store] = (points, downsample)
         return self._regions[store]
 
     def _get_location(self, sample: dict) -> tuple[int, int]:
         centre = self.randomize(sample)
-        half = self.patch_side * sample["downscale"] // 2
+        half = self.patch_side * sample[DOWNSCALE] // 2
         # a multiple of the downscale maps exactly onto the working level in cuCIM
-        return tuple((c - half) // sample["downscale"] * sample["downscale"] for c in centre)
+        return tuple((c - half) // sample[DOWNSCALE] * sample[DOWNSCALE] for c in centre)
 
     def _get_size(self, sample: dict) -> tuple[int, int]:
         return self.patch_side, self.patch_side
-

@@ -80,8 +80,13 @@ def generate_demo(
     try:
         (build / OWNER).write_text(json.dumps({"generator": __name__, "pid": os.getpid()}))
         _write_dataset(build, seed, num_train, num_test, size)
-        marker = {"format": FORMAT_VERSION, "seed": seed, "num_train": num_train, "num_test": num_test,
-                  "size": list(size) if size else None}
+        marker = {
+            "format": FORMAT_VERSION,
+            "seed": seed,
+            "num_train": num_train,
+            "num_test": num_test,
+            "size": list(size) if size else None,
+        }
         write_text_atomic(build / MARKER, json.dumps(marker, sort_keys=True))
         _swap_in(build, root)
     except BaseException:
@@ -203,8 +208,12 @@ def _plan(seed: int, num_train: int, num_test: int, size: tuple[int, int] | None
     # sides are drawn even when ``size`` overrides them, so ids never depend on ``size``
     sides = rng.integers(DEFAULT_SIDES[0], DEFAULT_SIDES[1] + 1, size=(count, 2))
     return [
-        _Plan(slide_id, "train" if i < num_train else "test",
-              tuple(size) if size else (int(sides[i, 0]), int(sides[i, 1])), streams[i + 1])
+        _Plan(
+            slide_id,
+            "train" if i < num_train else "test",
+            tuple(size) if size else (int(sides[i, 0]), int(sides[i, 1])),
+            streams[i + 1],
+        )
         for i, slide_id in enumerate(ids)
     ]
 
@@ -234,8 +243,9 @@ def _write_slide(root: Path, plan: _Plan) -> tuple[str, dict]:
     """
     slide = draw_slide(plan.seed, plan.shape)
     folder = root / plan.split
-    write_pyramid(folder / f"{plan.slide_id}.tiff", slide.read_band, plan.shape, tile=BAND_ROWS, compression="jpeg",
-                  quality=90)
+    write_pyramid(
+        folder / f"{plan.slide_id}.tiff", slide.read_band, plan.shape, tile=BAND_ROWS, compression="jpeg", quality=90
+    )
     if plan.split == "train":  # test polygons are the answer: they go to solution.csv only
         write_annotations(folder / f"{plan.slide_id}.json", slide.glomeruli)
     write_annotations(folder / f"{plan.slide_id}-anatomical-structure.json", slide.regions)

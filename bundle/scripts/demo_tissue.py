@@ -203,8 +203,12 @@ class _Round:
         side = 2 * math.ceil(self.extent()) + 6
         x0, y0 = round(self.x) - side // 2, round(self.y) - side // 2
         offsets = np.arange(side, dtype=np.float64)
-        return (slice(y0, y0 + side), slice(x0, x0 + side), (y0 + offsets - self.y)[:, None],
-                (x0 + offsets - self.x)[None, :])
+        return (
+            slice(y0, y0 + side),
+            slice(x0, x0 + side),
+            (y0 + offsets - self.y)[:, None],
+            (x0 + offsets - self.x)[None, :],
+        )
 
 
 def _place_objects(rng: np.random.Generator, layout: _Layout) -> tuple[list[_Round], list[_Round]]:
@@ -218,20 +222,32 @@ def _place_objects(rng: np.random.Generator, layout: _Layout) -> tuple[list[_Rou
     return glomeruli, lookalikes
 
 
-def _place_rounds(rng: np.random.Generator, layout: _Layout, count: int, diameters: tuple[float, float],
-                  taken: list[_Round], cortex: bool) -> list[_Round]:
+def _place_rounds(
+    rng: np.random.Generator,
+    layout: _Layout,
+    count: int,
+    diameters: tuple[float, float],
+    taken: list[_Round],
+    cortex: bool,
+) -> list[_Round]:
     """Rejection-sample non-touching objects whose outline stays 25 px inside the region."""
     height, width = layout.shape
     placed: list[_Round] = []
     for _ in range(60 * count + 200):
         if len(placed) == count:
             break
-        candidate = _Round(rng.uniform(0, width), rng.uniform(0, height), rng.uniform(*diameters) / 2,
-                           _terms(rng, np.arange(2, 5), 0.025))
+        candidate = _Round(
+            rng.uniform(0, width),
+            rng.uniform(0, height),
+            rng.uniform(*diameters) / 2,
+            _terms(rng, np.arange(2, 5), 0.025),
+        )
         edge, depth = layout.depths(*candidate.polygon(32).T)
         inside = edge.min() > 25 and (not cortex or depth.min() > 25)
-        apart = all(math.hypot(candidate.x - o.x, candidate.y - o.y) > candidate.extent() + o.extent() + 30
-                    for o in taken + placed)
+        apart = all(
+            math.hypot(candidate.x - o.x, candidate.y - o.y) > candidate.extent() + o.extent() + 30
+            for o in taken + placed
+        )
         if inside and apart:
             placed.append(candidate)
     return placed
@@ -240,8 +256,9 @@ def _place_rounds(rng: np.random.Generator, layout: _Layout, count: int, diamete
 # --------------------------------------------------------------------------- full-resolution density
 
 
-def _render_density(rng: np.random.Generator, layout: _Layout, glomeruli: list[_Round],
-                    lookalikes: list[_Round]) -> np.ndarray:
+def _render_density(
+    rng: np.random.Generator, layout: _Layout, glomeruli: list[_Round], lookalikes: list[_Round]
+) -> np.ndarray:
     """PAS and haematoxylin density of every structure, ``(H, W, 2)`` ``uint8`` (``Q`` levels per unit)."""
     density = np.zeros((*layout.shape, 2), dtype=np.uint8)
     _stamp_tubules(rng, density, layout)
@@ -284,8 +301,16 @@ def _dots(rng: np.random.Generator, where: np.ndarray, count: int, sigma: float,
     return np.minimum(ndimage.gaussian_filter(points.astype(np.float64), sigma) * 2 * np.pi * sigma**2 * peak, 1.4)
 
 
-def _tubule(rng: np.random.Generator, a: float, b: float, angle: float, lumen: float, epithelium: float,
-            nuclei: int, brush: float) -> np.ndarray:
+def _tubule(
+    rng: np.random.Generator,
+    a: float,
+    b: float,
+    angle: float,
+    lumen: float,
+    epithelium: float,
+    nuclei: int,
+    brush: float,
+) -> np.ndarray:
     """One tubule cut across: PAS-positive basement membrane, granular epithelium, pale lumen, basal nuclei.
 
     Args:
@@ -324,10 +349,16 @@ def _tubule_bank(rng: np.random.Generator) -> tuple[list[np.ndarray], list[list[
     for _ in range(48):
         distal = rng.random() < 0.3  # distal tubules: smaller, paler, wider lumen, no brush border
         a = rng.uniform(18, 24) if distal else rng.uniform(24, 32)
-        stamp = _tubule(rng, a, a / rng.uniform(1.0, 1.35), rng.uniform(0, np.pi),
-                        rng.uniform(0.45, 0.6) if distal else rng.uniform(0.25, 0.45),
-                        rng.uniform(0.25, 0.35) if distal else rng.uniform(0.42, 0.6), int(a * rng.uniform(0.5, 0.8)),
-                        0.0 if distal else rng.uniform(0.6, 0.8))
+        stamp = _tubule(
+            rng,
+            a,
+            a / rng.uniform(1.0, 1.35),
+            rng.uniform(0, np.pi),
+            rng.uniform(0.45, 0.6) if distal else rng.uniform(0.25, 0.45),
+            rng.uniform(0.25, 0.35) if distal else rng.uniform(0.42, 0.6),
+            int(a * rng.uniform(0.5, 0.8)),
+            0.0 if distal else rng.uniform(0.6, 0.8),
+        )
         for view in (stamp, stamp.transpose(1, 0, 2)):
             cortex += [view, view[::-1], view[:, ::-1], view[::-1, ::-1]]
     medulla = []
@@ -335,8 +366,9 @@ def _tubule_bank(rng: np.random.Generator) -> tuple[list[np.ndarray], list[list[
         variants = []
         for _ in range(3):
             a = rng.uniform(30, 75)
-            stamp = _tubule(rng, a, rng.uniform(10, 18), angle, rng.uniform(0.45, 0.7), rng.uniform(0.22, 0.34),
-                            int(a / 4), 0.0)
+            stamp = _tubule(
+                rng, a, rng.uniform(10, 18), angle, rng.uniform(0.45, 0.7), rng.uniform(0.22, 0.34), int(a / 4), 0.0
+            )
             variants += [stamp, stamp[::-1, ::-1]]  # a half turn keeps the orientation
         medulla.append(variants)
     return cortex, medulla
@@ -350,15 +382,17 @@ def _stamp_tubules(rng: np.random.Generator, density: np.ndarray, layout: _Layou
     edge, depth = layout.depths(x, y)
     bins = np.rint(_medulla_direction(rng, layout, x, y) / np.pi * 24).astype(int) % 24
     picks = rng.integers(0, 1 << 30, x.size)
-    chosen = [cortex_bank[p % len(cortex_bank)] if d >= 0 else medulla_bank[b][p % len(medulla_bank[b])]
-              for d, b, p in zip(depth.tolist(), bins.tolist(), picks.tolist())]
+    chosen = [
+        cortex_bank[p % len(cortex_bank)] if d >= 0 else medulla_bank[b][p % len(medulla_bank[b])]
+        for d, b, p in zip(depth.tolist(), bins.tolist(), picks.tolist(), strict=True)
+    ]
     # a cortical tubule must end inside the tissue, before the capsule (stamps have a 3 px empty border)
     reach = np.array([stamp.shape[0] / 2 for stamp in chosen]) - 3
     in_cortex = (depth >= 0) & (edge > reach + 8)
     in_medulla = (depth < 0) & (rng.random(x.size) < 0.7)  # long tubules overlap: use fewer
     keep = (in_cortex | in_medulla).tolist()
     # plain Python numbers in the loop: it runs ~10^4 times and numpy scalars are slow
-    for stamp, cx, cy, wanted in zip(chosen, x.astype(int).tolist(), y.astype(int).tolist(), keep):
+    for stamp, cx, cy, wanted in zip(chosen, x.astype(int).tolist(), y.astype(int).tolist(), keep, strict=True):
         if wanted:
             h, w = stamp.shape[:2]
             view = density[cy - h // 2 : cy - h // 2 + h, cx - w // 2 : cx - w // 2 + w]
@@ -393,8 +427,9 @@ def _unit_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) 
     return noise / (noise.std() + 1e-12)
 
 
-def _capillary_tuft(rng: np.random.Generator, inside: np.ndarray, base: float,
-                    sigma: float) -> tuple[np.ndarray, np.ndarray]:
+def _capillary_tuft(
+    rng: np.random.Generator, inside: np.ndarray, base: float, sigma: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Lobulated dense texture: pale capillary (or tubular) lumens with PAS-bright rims, crowded nuclei.
 
     Returns:
@@ -489,8 +524,11 @@ def _smooth_fields(rng: np.random.Generator, layout: _Layout) -> _Fields:
     capsule = np.clip(1 - edge / 14, 0, 1) * tissue
     stroma = tissue * (0.09 + 0.06 * _soft(depth / LOW)) * texture + 0.3 * capsule
     light = (-(-layout.shape[0] // LIGHT), -(-layout.shape[1] // LIGHT))
-    return _Fields((stroma * Q).astype(np.float32), (1 + 0.12 * _coarse_noise(rng, light, 10)).astype(np.float32),
-                   np.rint(3.0 * _coarse_noise(rng, light, 15)).astype(np.int16))
+    return _Fields(
+        (stroma * Q).astype(np.float32),
+        (1 + 0.12 * _coarse_noise(rng, light, 10)).astype(np.float32),
+        np.rint(3.0 * _coarse_noise(rng, light, 15)).astype(np.int16),
+    )
 
 
 def _coarse_noise(rng: np.random.Generator, shape: tuple[int, int], scale: int) -> np.ndarray:
@@ -535,8 +573,9 @@ def _stain_lut(rng: np.random.Generator) -> np.ndarray:
     return np.rint(paper * np.exp(-optical)).astype(np.int16).reshape(-1, 3)
 
 
-def _band_reader(density: np.ndarray, fields: _Fields, lut: np.ndarray,
-                 rng: np.random.Generator) -> Callable[[int, int], np.ndarray]:
+def _band_reader(
+    density: np.ndarray, fields: _Fields, lut: np.ndarray, rng: np.random.Generator
+) -> Callable[[int, int], np.ndarray]:
     """``read_band(y0, y1)`` for :func:`write_pyramid`: RGB rows made from the density layers.
 
     The interstitium is interpolated linearly; gain and offset change so slowly that the nearest

@@ -1,6 +1,9 @@
 """The few facts of ``torch.distributed`` the bundle needs: joining the process group when
 started by ``torchrun``, this process's device and share of the slides, whether it is rank 0,
 and waiting for the others. Without ``torchrun`` there is one process and it does everything.
+
+Rank, barrier and reductions are ignite's (``ignite.distributed``), told when the process group
+comes and goes; the group itself is joined here, before any engine exists.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ import os
 from collections.abc import Sequence
 from typing import TypeVar
 
+import ignite.distributed as idist
 import torch
 import torch.distributed as dist
 
@@ -23,12 +27,14 @@ def setup() -> None:
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
         if torch.cuda.is_available():
             torch.cuda.set_device(device())
+        idist.sync()
 
 
 def teardown() -> None:
     """Leave the process group, if this process joined one."""
     if _active():
         dist.destroy_process_group()
+        idist.sync()  # ignite's helpers back to a single process
 
 
 def device() -> torch.device:
@@ -43,15 +49,17 @@ def _active() -> bool:
 
 
 def rank_share(items: Sequence[T]) -> list[T]:
-    """Every ``world_size``-th item starting at this rank (all of them without a process group)."""
-    if not _active():
-        return list(items)
-    return list(items[dist.get_rank() :: dist.get_world_size()])
+    """Every ``world_size``-th item starting at this rank (all of them without a process group).
+
+    ``monai.data.partition_dataset`` deals the same way but refuses fewer items than ranks, where
+    here a rank may get none (one slide on four GPUs).
+    """
+    return list(items[rank() :: idist.get_world_size()])
 
 
 def rank() -> int:
     """This process's rank (0 without a process group)."""
-    return dist.get_rank() if _active() else 0
+    return idist.get_rank()
 
 
 def is_main_process() -> bool:
@@ -61,8 +69,7 @@ def is_main_process() -> bool:
 
 def barrier() -> None:
     """Wait until every rank gets here (a no-op without a process group)."""
-    if _active():
-        dist.barrier()
+    idist.barrier()
 
 
 def any_rank(flag: bool) -> bool:
@@ -72,9 +79,4 @@ def any_rank(flag: bool) -> bool:
 
 def max_over_ranks(value: float) -> float:
     """The largest ``value`` of all ranks (``value`` itself without a process group)."""
-    if not _active():
-        return value
-    on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    tensor = torch.tensor([value], dtype=torch.float64, device=on)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return float(tensor.item())
+    return float(idist.all_reduce(float(value), op="MAX"))

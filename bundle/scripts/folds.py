@@ -34,8 +34,18 @@ FOLD_PATTERN = re.compile(r"fold(\d+)")
 RUN_ID = "training_folds"
 FOLD_RUN_ID = "training"
 PER_FOLD_OPTIONS = ("fold", "ckpt_dir", "output_dir")  # set for each fold; the caller's values are the parents
-TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
-                      "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+TORCHRUN_VARIABLES = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "ROLE_RANK",
+    "ROLE_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "TORCHELASTIC_RUN_ID",
+)
 
 
 def fold_dir(ckpt_dir: str | os.PathLike, fold: int) -> Path:
@@ -77,8 +87,18 @@ def fold_command(argv: list[str], fold: int, ckpt_dir: str, output_dir: str) -> 
             skip = "=" not in argument  # the value is the next argument
             continue
         arguments.append(FOLD_RUN_ID if argument == RUN_ID else argument)
-    return [sys.executable, "-m", "monai.bundle", *arguments, "--fold", str(fold),
-            "--ckpt_dir", str(fold_dir(ckpt_dir, fold)), "--output_dir", str(Path(output_dir) / f"fold{fold}")]
+    return [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        *arguments,
+        "--fold",
+        str(fold),
+        "--ckpt_dir",
+        str(fold_dir(ckpt_dir, fold)),
+        "--output_dir",
+        str(Path(output_dir) / f"fold{fold}"),
+    ]
 
 
 def _fold_environment() -> dict[str, str]:
@@ -122,8 +142,10 @@ def train_folds(num_folds: int, ckpt_dir: str, output_dir: str, argv: list[str] 
             print(f"fold {fold}: training failed (exit {code}; its output is above); the other folds go on", flush=True)
             failed.append(fold)
     if failed:
-        raise InputError(f"fold(s) {', '.join(map(str, failed))} did not finish; rerun the same command to train them "
-                         "(finished folds are skipped)")
+        raise InputError(
+            f"fold(s) {', '.join(map(str, failed))} did not finish; rerun the same command to train them "
+            "(finished folds are skipped)"
+        )
     if world == 1:  # under torchrun each rank knows only its own folds
         report_folds(ckpt_dir, int(num_folds))
 
@@ -133,7 +155,11 @@ def report_folds(ckpt_dir: str, num_folds: int) -> None:
     for fold in range(num_folds):
         fields = read_record(fold_dir(ckpt_dir, fold)) or {}
         metric = fields.get("metric")
-        print(f"fold {fold}: " + (f"validation Dice {metric:.4f} (epoch {fields['epoch']})" if metric is not None
-                                  else "no validation"))
-    print(f"fold ensemble of {len(fold_members(ckpt_dir))} in {ckpt_dir}: segment with it through "
-          f"python -m monai.bundle run inference --config_file bundle/configs/inference.yaml --ckpt_path {ckpt_dir}")
+        print(
+            f"fold {fold}: "
+            + (f"validation Dice {metric:.4f} (epoch {fields['epoch']})" if metric is not None else "no validation")
+        )
+    print(
+        f"fold ensemble of {len(fold_members(ckpt_dir))} in {ckpt_dir}: segment with it through "
+        f"python -m monai.bundle run inference --config_file bundle/configs/inference.yaml --ckpt_path {ckpt_dir}"
+    )

@@ -18,8 +18,16 @@ from .distributed import any_rank, is_main_process
 from .errors import InputError
 from .files import atomic_path, write_text_atomic
 
-__all__ = ["MODEL_FILE", "RECORD_FILE", "BestModelSaver", "LastModelSaver", "TrainingCheckpoint", "TrainingTimeLimit",
-           "WeightAverage", "read_record"]
+__all__ = [
+    "MODEL_FILE",
+    "RECORD_FILE",
+    "BestModelSaver",
+    "LastModelSaver",
+    "TrainingCheckpoint",
+    "TrainingTimeLimit",
+    "WeightAverage",
+    "read_record",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +48,9 @@ class TrainingTimeLimit:
     long as the last one took), and on stopping runs the validator if the model changed since its
     last run, so the checkpoint handlers on the validator save the best model seen. Under
     ``torchrun`` all ranks stop at the same iteration, and rank 0 validates.
+
+    ignite's ``TimeLimit`` stops at the limit itself: it leaves no time for the last validation,
+    runs none, and lets ranks stop at different iterations (a hang under ``torchrun``).
 
     Args:
         max_minutes: the budget; None or 0 disables it.
@@ -78,7 +89,9 @@ class TrainingTimeLimit:
     def _check(self, engine: Engine) -> None:
         elapsed = time.monotonic() - self._start
         if any_rank(elapsed + self._validation_seconds >= self.budget):  # every rank stops at the same step
-            logger.info("time budget of %.1f min reached after %d epochs; stopping", self.budget / 60, engine.state.epoch)
+            logger.info(
+                "time budget of %.1f min reached after %d epochs; stopping", self.budget / 60, engine.state.epoch
+            )
             engine.terminate()
 
     def _validate_last(self, engine: Engine) -> None:
@@ -91,6 +104,10 @@ class BestModelSaver:
     Model Zoo and inference load) and ``best.json`` (the metric, its epoch and ``settings``), each
     written to a temporary name and renamed, so a crash never leaves a corrupt model. The best
     value survives a resumed run.
+
+    ignite's ``Checkpoint`` with ``DiskSaver(atomic=True)`` and a ``score_function`` saves the same
+    weights, but under its own file names, without the record inference checks (``best.json``, with
+    the settings), and it forgets the best score when a killed run resumes.
 
     Args:
         save_dir: the checkpoint folder.
@@ -119,8 +136,13 @@ class BestModelSaver:
         if best is not None and value <= best["metric"]:
             return
         _save_model(self.save_dir, self.network, value, validator.state.epoch, self.settings)
-        logger.info("new best %s %.4f at epoch %d: saved %s", self.metric, value, validator.state.epoch,
-                    self.save_dir / MODEL_FILE)
+        logger.info(
+            "new best %s %.4f at epoch %d: saved %s",
+            self.metric,
+            value,
+            validator.state.epoch,
+            self.save_dir / MODEL_FILE,
+        )
 
 
 class LastModelSaver:
@@ -164,6 +186,11 @@ class TrainingCheckpoint:
         objects: ``{name: object with state_dict()}``, e.g. network, optimizer, lr_scheduler; a None
             (an option switched off) is left out, so checkpoints without it still resume.
         resume: load the checkpoint at start when it exists.
+
+    ignite's ``Checkpoint`` (``DiskSaver(atomic=True)``) with ``Checkpoint.load_objects`` saves and
+    resumes the same objects, but under numbered file names it rotates, and a checkpoint that does
+    not fit the run (other network or ``ema_momentum``) ends in a traceback where this says in one
+    line which object does not fit and what to do.
     """
 
     def __init__(self, path: str, objects: dict, resume: bool = True) -> None:
@@ -195,18 +222,26 @@ class TrainingCheckpoint:
         advice = "start afresh with --resume false, or give this run its own --ckpt_dir"
         for name, item in self.objects.items():
             if name not in state:
-                raise InputError(f"{self.path} has no {name!r} to resume from: it was saved by a run with other "
-                                 f"settings (such as ema_momentum); {advice}")
+                raise InputError(
+                    f"{self.path} has no {name!r} to resume from: it was saved by a run with other "
+                    f"settings (such as ema_momentum); {advice}"
+                )
             try:
                 _unwrapped(item).load_state_dict(state[name])
             except (KeyError, RuntimeError, ValueError) as error:
                 reason = str(error).strip().splitlines()[0]
-                raise InputError(f"{self.path}: its {name!r} does not fit this run ({reason}): it was saved by a run "
-                                 f"with other settings (network, optimizer); {advice}") from None
+                raise InputError(
+                    f"{self.path}: its {name!r} does not fit this run ({reason}): it was saved by a run "
+                    f"with other settings (network, optimizer); {advice}"
+                ) from None
         trainer.state.epoch = state["trainer"]["epoch"]
         trainer.state.iteration = state["trainer"]["iteration"]
-        logger.info("resumed from %s: epoch %d done, going on to epoch %d", self.path, trainer.state.epoch,
-                    trainer.state.max_epochs)
+        logger.info(
+            "resumed from %s: epoch %d done, going on to epoch %d",
+            self.path,
+            trainer.state.epoch,
+            trainer.state.max_epochs,
+        )
 
 
 class WeightAverage:

@@ -38,8 +38,10 @@ def mixed_precision(device: torch.device | str, enabled: bool = True) -> torch.a
     device_type = torch.device(device).type
     if device_type == "cuda":
         return torch.autocast("cuda", dtype=torch.float16, enabled=enabled)
-    native_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(
-        torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    native_bf16 = (
+        getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+        or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    )
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled and native_bf16)
 
 
@@ -129,8 +131,9 @@ class WindowInferer(Inferer):
             probability = member_probability if probability is None else probability + member_probability
         return torch.logit(probability / len(network), eps=ENSEMBLE_EPS)
 
-    def _member_forward(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args,
-                        **kwargs) -> torch.Tensor:
+    def _member_forward(
+        self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args, **kwargs
+    ) -> torch.Tensor:
         """One network's logits, averaged over the flips."""
         total = None
         with mixed_precision(inputs.device, self.amp):

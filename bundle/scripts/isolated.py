@@ -2,11 +2,13 @@
 (cuCIM kills its process on some TIFFs) costs one slide, not the run.
 
 The parent calls :func:`run_isolated`; the child is ``python -m scripts.isolated COMMAND ARGS`` and
-imports only what its command needs, so a probe starts in a fraction of a second.
+imports only what its command needs, so a probe starts in a fraction of a second. This module names
+no other of the bundle's: a module that needs a child of its own passes ``module:function``.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import subprocess
@@ -23,8 +25,9 @@ def run_isolated(command: str, *args: str) -> str | None:
     """Run a command in a child process.
 
     Args:
-        command: ``probe PATH LEVEL`` (read a few regions with cuCIM) or ``convert SOURCE TARGET
-            DOWNSCALE`` (:func:`scripts.slides.convert_to_canonical`).
+        command: ``probe`` (read a few regions with cuCIM; ``args`` ``PATH LEVEL``), or
+            ``module:function``, which the child imports and calls with ``args`` (strings); it fails
+            by raising or by ``sys.exit`` with one line.
         args: its arguments.
 
     Returns:
@@ -32,8 +35,13 @@ def run_isolated(command: str, *args: str) -> str | None:
     """
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(BUNDLE), os.environ.get("PYTHONPATH")]))}
     try:
-        result = subprocess.run([sys.executable, "-m", "scripts.isolated", command, *args], capture_output=True,
-                                text=True, env=env, timeout=TIMEOUT)
+        result = subprocess.run(
+            [sys.executable, "-m", "scripts.isolated", command, *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=TIMEOUT,
+        )
     except subprocess.TimeoutExpired:
         return f"{command} took over {TIMEOUT} s"
     if result.returncode == 0:
@@ -58,18 +66,9 @@ def _probe(path: str, level: int) -> None:
         width, height = image.resolutions["level_dimensions"][lvl]
         scale = image.resolutions["level_downsamples"][lvl]
         for y, x in ((0, 0), (height // 2, width // 2), (max(height - 64, 0), max(width - 64, 0))):
-            np.asarray(image.read_region(location=(int(x * scale), int(y * scale)), size=(64, 64), level=lvl,
-                                         device="cpu"))
-
-
-def _convert(source: str, target: str, downscale: int) -> None:
-    from .errors import SlideError
-    from .slides import convert_to_canonical, inspect_slide
-
-    try:
-        convert_to_canonical(inspect_slide(source, downscale), Path(target), downscale)
-    except SlideError as error:
-        sys.exit(str(error))  # one line on stderr: run_isolated passes it on
+            np.asarray(
+                image.read_region(location=(int(x * scale), int(y * scale)), size=(64, 64), level=lvl, device="cpu")
+            )
 
 
 if __name__ == "__main__":
@@ -77,4 +76,5 @@ if __name__ == "__main__":
     if command == "probe":
         _probe(arguments[0], int(arguments[1]))
     else:
-        _convert(arguments[0], arguments[1], int(arguments[2]))
+        module, _, function = command.partition(":")
+        getattr(importlib.import_module(module), function)(*arguments)

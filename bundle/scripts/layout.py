@@ -92,8 +92,10 @@ def read_csv_rows(path: Path, value_column: str) -> tuple[list[CsvRow], dict[str
             reader = csv.DictReader(handle)
             if not reader.fieldnames or "id" not in reader.fieldnames or value_column not in reader.fieldnames:
                 raise DatasetError(f"{path}: expected the header 'id,{value_column}', found {reader.fieldnames}")
-            raw = [((r["id"] or "").strip(), (r[value_column] or "").strip(), f"{path.name} row {n}")
-                   for n, r in enumerate(reader, start=2)]
+            raw = [
+                ((r["id"] or "").strip(), (r[value_column] or "").strip(), f"{path.name} row {n}")
+                for n, r in enumerate(reader, start=2)
+            ]
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise DatasetError(f"{path}: cannot be read as CSV ({error})") from None
     finally:
@@ -146,7 +148,9 @@ class HubmapFolder:
     def annotation_path(self, split: str, slide_id: str, kind: str) -> Path | None:
         """``<split>/<id>.json`` (``kind="glomeruli"``) or ``<split>/<id>-anatomical-structure.json``
         (``kind="regions"``) if it exists."""
-        path = self.root / split / (f"{slide_id}.json" if kind == "glomeruli" else f"{slide_id}-anatomical-structure.json")
+        path = (
+            self.root / split / (f"{slide_id}.json" if kind == "glomeruli" else f"{slide_id}-anatomical-structure.json")
+        )
         return path if path.is_file() else None
 
     def polygon_labelled_slides(self, split: str = "train", exclude: Collection[str] = ()) -> dict[str, Path]:
@@ -220,8 +224,9 @@ class HubmapFolder:
 
 
 def _missing(row: CsvRow, split: str) -> str:
-    return f"{row.where}: slide {row.slide_id!r} has no image {split}/{row.slide_id}.tiff; add the file or remove the row"
-
+    return (
+        f"{row.where}: slide {row.slide_id!r} has no image {split}/{row.slide_id}.tiff; add the file or remove the row"
+    )
 
 
 def report_problems(problems: dict[str, str]) -> None:

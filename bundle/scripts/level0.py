@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -20,18 +21,20 @@ import torch.nn.functional as F
 
 from .metrics import DiceCounts
 from .outputs import write_mask_tiff
+from .prepare import working_shape
 from .pyramid import pool_mask
 from .rle import BlockRunEncoder, decode_columns, parse_rle, runs_to_rle
 
-__all__ = ["Level0Mask", "upsample_threshold"]
+__all__ = ["Level0Mask", "Level0Result", "upsample_threshold"]
 
 HELD_ROWS = 1024  # level-0 rows made but not yet in the TIFF at which the writer waits (the TIFF reads 512 at a time)
 COLUMNS = 1024  # level-0 columns per step when a truth is decoded for the preview
 GROUP_GAP = 32  # working columns of glass between two groups of columns that are upsampled apart
 
 
-def upsample_threshold(source: np.ndarray, rows: slice, scale: int,
-                       threshold: float) -> list[tuple[np.ndarray, int, int]]:
+def upsample_threshold(
+    source: np.ndarray, rows: slice, scale: int, threshold: float
+) -> list[tuple[np.ndarray, int, int]]:
     """Level-0 mask of some rows of a block of working-resolution probabilities, where it can be set.
 
     The result equals the same pixels of a bilinear upsampling (``align_corners=False``) of the
@@ -78,7 +81,7 @@ def _column_groups(hot_columns: np.ndarray, gap: int = GROUP_GAP) -> list[tuple[
         return []
     breaks = np.flatnonzero(np.diff(near) > gap)
     lefts, rights = near[np.r_[0, breaks + 1]], near[np.r_[breaks, len(near) - 1]] + 1
-    return list(zip(lefts.tolist(), rights.tolist()))
+    return list(zip(lefts.tolist(), rights.tolist(), strict=True))
 
 
 class _HeldRows:
@@ -135,6 +138,15 @@ class _HeldRows:
             self._changed.notify_all()
 
 
+class Level0Result(NamedTuple):
+    """What :meth:`Level0Mask.finish` returns."""
+
+    rle: str
+    counts: DiceCounts | None  # against the truth, when there is one
+    prediction_preview: np.ndarray  # the mask max-pooled by the preview's downsample
+    truth_preview: np.ndarray | None
+
+
 class Level0Mask:
     """The level-0 mask of one slide, made while its probabilities are released.
 
@@ -143,17 +155,23 @@ class Level0Mask:
         scale: level-0 pixels per working pixel.
         threshold: probability threshold.
         tiff: path of the pyramidal mask TIFF to write.
+        preview_downsample: level-0 pixels per preview pixel; the mask is pooled to it as it is made,
+            so the preview never reads the TIFF back.
     """
 
-    def __init__(self, shape: tuple[int, int], scale: int, threshold: float, tiff: Path) -> None:
+    def __init__(
+        self, shape: tuple[int, int], scale: int, threshold: float, tiff: Path, preview_downsample: int
+    ) -> None:
         self.shape, self.scale, self.threshold = shape, scale, threshold
         self.area = 0
-        self._working_height = -(-shape[0] // scale)
+        self.preview_downsample = preview_downsample
+        self._preview = np.zeros(working_shape(shape, preview_downsample), bool)
+        self._working_height, working_width = working_shape(shape, scale)
         self._runs = BlockRunEncoder(shape)
         self._rows = _HeldRows(shape)
         self._received = 0  # working rows given to extend()
         self._working_done = 0  # working rows already turned into level-0 rows
-        self._context = np.zeros((0, -(-shape[1] // scale)), np.uint8)  # working rows [max(done - 1, 0), received)
+        self._context = np.zeros((0, working_width), np.uint8)  # working rows [max(done - 1, 0), received)
         self._tiff_error: BaseException | None = None
         self._tiff = threading.Thread(target=self._write_tiff, args=(tiff,), name="mask-tiff", daemon=True)
         self._tiff.start()
@@ -187,24 +205,32 @@ class Level0Mask:
             if block.size:
                 self.area += int(block.sum())
                 self._runs.add(block, top, left)
+                self._pool_into_preview(block, top, left)
                 blocks.append((top, left, block))
         self._rows.put(y1, blocks)
+
+    def _pool_into_preview(self, block: np.ndarray, top: int, left: int) -> None:
+        """Max-pool a level-0 block into the preview (padded so its pixels fall in the right cells)."""
+        factor = self.preview_downsample
+        pooled = pool_mask(np.pad(block, ((top % factor, 0), (left % factor, 0))), factor, "max")
+        row, col = top // factor, left // factor
+        self._preview[row : row + pooled.shape[0], col : col + pooled.shape[1]] |= pooled
 
     def abort(self) -> None:
         """Stop the TIFF thread (the slide failed); its temporary file is removed."""
         self._rows.abort()
         self._tiff.join()
 
-    def finish(self, truth: str | None, thumb_scale: int, slide_id: str) -> tuple[str, DiceCounts | None, np.ndarray | None]:
+    def finish(self, truth: str | None, slide_id: str) -> Level0Result:
         """After the last rows: wait for the TIFF, then join the RLE's runs and count Dice against the truth's.
 
         Args:
             truth: the slide's true mask as RLE, or None.
-            thumb_scale: the preview's downsample, for the truth outline.
             slide_id: named in messages.
 
         Returns:
-            ``(rle, Dice counts or None, truth at the preview scale or None)``.
+            The RLE, the Dice counts and the truth at the preview's scale (None without a truth), and
+            the prediction at the preview's scale.
 
         Raises:
             RuntimeError: not every working row was given to :meth:`extend`.
@@ -218,9 +244,10 @@ class Level0Mask:
         runs = self._runs.runs()
         rle = runs_to_rle(*runs)
         if truth is None:
-            return rle, None, None
+            return Level0Result(rle, None, self._preview, None)
         truth_runs = parse_rle(truth, self.shape[0] * self.shape[1], slide_id)
-        return rle, DiceCounts.from_runs(runs, truth_runs), _pooled_mask(truth_runs, self.shape, thumb_scale)
+        truth_preview = _pooled_mask(truth_runs, self.shape, self.preview_downsample)
+        return Level0Result(rle, DiceCounts.from_runs(runs, truth_runs), self._preview, truth_preview)
 
     def _write_tiff(self, path: Path) -> None:
         try:

@@ -14,11 +14,23 @@ import numpy as np
 import torch
 from ignite.metrics import Metric
 
-from .prepare import read_window
+from .keys import DOWNSCALE, IMAGE, PATH, SHAPE, SLIDE_ID, STORE
+from .prepare import working_shape
 from .pyramid import pool_mask
+from .rle import parse_rle
 from .stitching import SlideStitchers
+from .store import LABEL, read_window
 
-__all__ = ["DiceCounts", "SlideDice", "SlideMaps", "dice_score", "map_downsample", "mean_dice", "pool_any_into"]
+__all__ = [
+    "DiceCounts",
+    "SlideDice",
+    "SlideMaps",
+    "dice_score",
+    "map_downsample",
+    "mean_dice",
+    "pool_any_into",
+    "rle_dice",
+]
 
 
 class DiceCounts:
@@ -75,6 +87,12 @@ def dice_score(prediction: np.ndarray, truth: np.ndarray) -> float:
     counts = DiceCounts()
     counts.add(prediction, truth)
     return counts.dice
+
+
+def rle_dice(predicted: str, truth: str, shape: tuple[int, int]) -> float:
+    """Kaggle Dice of two RLE masks of one slide (``shape`` its level-0 size), from their runs."""
+    num_pixels = shape[0] * shape[1]
+    return DiceCounts.from_runs(parse_rle(predicted, num_pixels), parse_rle(truth, num_pixels)).dice
 
 
 def mean_dice(per_slide: dict[str, float]) -> float:
@@ -140,7 +158,9 @@ class SlideDice(Metric):
         map_size: longest side of the per-slide maps in pixels; None or 0 keeps no maps.
     """
 
-    def __init__(self, weights: np.ndarray, overlap: float, threshold: float = 0.5, map_size: int | None = 1024) -> None:
+    def __init__(
+        self, weights: np.ndarray, overlap: float, threshold: float = 0.5, map_size: int | None = 1024
+    ) -> None:
         self.weights = weights
         self.overlap = overlap
         self.threshold = threshold
@@ -158,12 +178,12 @@ class SlideDice(Metric):
     def update(self, output: Sequence[dict]) -> None:
         for item in output:
             meta = item["image"].meta
-            slide_id = str(meta["slide_id"])
+            slide_id = str(meta[SLIDE_ID])
             probability = item["pred"][0].detach().float().cpu().numpy()
             width, bands, _ = self._stitchers.add(meta, probability)
             maps = self._slide_maps(slide_id, meta) if self.map_size else None
             for row, band in bands:
-                label = read_window(meta["store"], "label", row, 0, len(band), width)
+                label = read_window(meta[STORE], LABEL, row, 0, len(band), width)
                 predicted = band > self.threshold
                 self._counts[slide_id].add(predicted, label)
                 if maps is not None:
@@ -173,13 +193,19 @@ class SlideDice(Metric):
     def _slide_maps(self, slide_id: str, meta: dict) -> SlideMaps:
         """The slide's maps, made empty on its first window."""
         if slide_id not in self._maps:
-            downscale = int(meta["downscale"])
-            shape = [-(-int(v) // downscale) for v in meta["shape"]]  # at the working resolution
+            downscale = int(meta[DOWNSCALE])
+            shape = working_shape(meta[SHAPE], downscale)
             downsample = map_downsample(shape, self.map_size)
             small = tuple(-(-v // downsample) for v in shape)
-            image = meta.get("path", meta.get("image"))
-            self._maps[slide_id] = SlideMaps(np.zeros(small, bool), np.zeros(small, bool), downsample, downscale,
-                                             str(meta["store"]), None if image is None else str(image))
+            image = meta.get(PATH, meta.get(IMAGE))
+            self._maps[slide_id] = SlideMaps(
+                np.zeros(small, bool),
+                np.zeros(small, bool),
+                downsample,
+                downscale,
+                str(meta[STORE]),
+                None if image is None else str(image),
+            )
         return self._maps[slide_id]
 
     def compute(self) -> float:

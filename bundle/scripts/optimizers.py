@@ -73,8 +73,9 @@ class Lookahead(torch.optim.Optimizer):
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        state.update(optimizer=self.optimizer, k=self.k, alpha=self.alpha, lookahead_step=self.lookahead_step,
-                     _wrapping=False)
+        state.update(
+            optimizer=self.optimizer, k=self.k, alpha=self.alpha, lookahead_step=self.lookahead_step, _wrapping=False
+        )
         return state
 
     def _params(self) -> list[torch.Tensor]:
@@ -146,8 +147,10 @@ class Lookahead(torch.optim.Optimizer):
                 or a slow weight's index or shape does not match this optimizer's parameters.
         """
         if "lookahead" not in state_dict:
-            raise ValueError("not a Lookahead state_dict (no 'lookahead' entry): it was saved by another "
-                             "optimizer; start afresh (e.g. another checkpoint folder, or resume: false).")
+            raise ValueError(
+                "not a Lookahead state_dict (no 'lookahead' entry): it was saved by another "
+                "optimizer; start afresh (e.g. another checkpoint folder, or resume: false)."
+            )
         lookahead = state_dict["lookahead"]
         self.optimizer.load_state_dict({key: value for key, value in state_dict.items() if key != "lookahead"})
         self.param_groups = self.optimizer.param_groups  # torch's load_state_dict makes new group dicts
@@ -156,8 +159,10 @@ class Lookahead(torch.optim.Optimizer):
         for key, slow in lookahead["slow"].items():
             index = int(key)
             if not 0 <= index < len(params) or slow.shape != params[index].shape:
-                raise ValueError(f"slow weights {index} (shape {tuple(slow.shape)}) match no parameter of this "
-                                 "optimizer: was the state_dict saved for another network?")
+                raise ValueError(
+                    f"slow weights {index} (shape {tuple(slow.shape)}) match no parameter of this "
+                    "optimizer: was the state_dict saved for another network?"
+                )
             param = params[index]
             slow_state[param]["slow"] = slow.detach().to(device=param.device, dtype=param.dtype, copy=True)
         self.state = slow_state
@@ -185,8 +190,7 @@ def ranger(
     Returns:
         the Lookahead optimizer (its ``optimizer`` attribute is the RAdam).
     """
-    base = torch.optim.RAdam(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay,
-                             decoupled_weight_decay=True)
+    base = torch.optim.RAdam(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay, decoupled_weight_decay=True)
     return Lookahead(base, k=k, alpha=alpha)
 
 
@@ -208,8 +212,14 @@ class BudgetCosineLR(torch.optim.lr_scheduler.LRScheduler):
         last_epoch: the epoch to start from (-1: a new schedule).
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, max_epochs: int, max_minutes: float | None = None,
-                 eta_min: float = 0.0, last_epoch: int = -1) -> None:
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        max_epochs: int,
+        max_minutes: float | None = None,
+        eta_min: float = 0.0,
+        last_epoch: int = -1,
+    ) -> None:
         self.max_epochs = max_epochs
         self.budget = float(max_minutes) * 60 if max_minutes else None
         self.eta_min = eta_min

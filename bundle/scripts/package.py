@@ -43,11 +43,17 @@ def large_files(bundle: Path, url: str) -> dict:
         ``{"large_files": [{"path", "url", "hash_val", "hash_type"}, ...]}``.
     """
     weights = [path.relative_to(bundle).as_posix() for pattern in WEIGHTS for path in sorted(bundle.glob(pattern))]
-    return {"large_files": [
-        {"path": weight, "url": url.format(name=weight.removeprefix("models/").replace("/", "_")),
-         "hash_val": sha256(bundle / weight), "hash_type": "sha256"}
-        for weight in weights
-    ]}
+    return {
+        "large_files": [
+            {
+                "path": weight,
+                "url": url.format(name=weight.removeprefix("models/").replace("/", "_")),
+                "hash_val": sha256(bundle / weight),
+                "hash_type": "sha256",
+            }
+            for weight in weights
+        ]
+    }
 
 
 def pack(bundle: Path, out: Path, url: str) -> Path:
@@ -77,7 +83,9 @@ def pack(bundle: Path, out: Path, url: str) -> Path:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default="https://example.org/{name}", help="weights download address, {name} = file name")
+    parser.add_argument(
+        "--url", default="https://example.org/{name}", help="weights download address, {name} = file name"
+    )
     parser.add_argument("--out", default=str(BUNDLE.parent / "dist"))
     arguments = parser.parse_args()
     print(pack(BUNDLE, Path(arguments.out), arguments.url))

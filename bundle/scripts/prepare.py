@@ -8,8 +8,7 @@ time), the RLE, the annotation files, the downscale and the tissue settings, and
 any of them changes. Stores are written to a temporary folder and renamed, so a killed run never
 leaves a store that looks complete.
 
-Arrays: ``label`` (working resolution, labelled slides only), ``tissue`` and ``regions`` (the
-tissue mask's resolution, ``attrs["tissue_downsample"]``; codes in :mod:`scripts.regions`).
+Its arrays and attributes are named, and read, in :mod:`scripts.store`.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,15 +31,36 @@ from .pyramid import level_shape, pool_mask
 from .regions import check_inside, region_map
 from .rle import decode_columns, parse_rle
 from .slides import ensure_readable, inspect_slide, read_thumbnail, working_level
+from .store import (
+    DOWNSCALE,
+    FINGERPRINT,
+    GLOMERULI,
+    LABEL,
+    REGIONS,
+    SHAPE,
+    SLIDE_ID,
+    TISSUE,
+    TISSUE_DOWNSAMPLE,
+    has_label,
+    open_store,
+    read_fingerprint,
+    read_glomeruli,
+)
 from .tissue import tissue_mask
 
-__all__ = ["PreparedSlide", "prepare_slide", "read_window"]
+__all__ = ["PreparedSlide", "prepare_slide", "working_shape"]
 
 logger = logging.getLogger(__name__)
 
 STORE_VERSION = 2
 CHUNK = 1024  # working-resolution pixels per chunk side
 BOX_POOL = 4  # glomerulus boxes are found at working resolution / BOX_POOL (bounded memory)
+
+
+def working_shape(shape: Sequence[int], downscale: int) -> tuple[int, int]:
+    """``(height, width)`` at the working resolution of a slide of level-0 ``shape``: ceil division by
+    ``downscale``. Datalist items carry ``shape`` and ``downscale``; whatever needs the working size asks here."""
+    return -(-int(shape[0]) // int(downscale)), -(-int(shape[1]) // int(downscale))
 
 
 @dataclass(frozen=True)
@@ -70,6 +90,11 @@ class PreparedSlide:
     def as_dict(self) -> dict:
         """The fields as a plain dict (for datalist items)."""
         return asdict(self)
+
+    @property
+    def working_shape(self) -> tuple[int, int]:
+        """``(height, width)`` at the working resolution (:func:`working_shape`)."""
+        return working_shape(self.shape, self.downscale)
 
 
 def prepare_slide(
@@ -106,19 +131,35 @@ def prepare_slide(
     image = ensure_readable(image_path, cache_dir / "slides", downscale)
     layout = inspect_slide(image, downscale)
     tissue_options = dict(tissue_options or {})
-    inputs = [_file_key(image_path), downscale, tissue_options, hashlib.sha1((rle or "").encode()).hexdigest(),
-              rle is None, _file_key(polygons) if rle is None else None, _file_key(regions), STORE_VERSION]
+    inputs = [
+        _file_key(image_path),
+        downscale,
+        tissue_options,
+        hashlib.sha1((rle or "").encode()).hexdigest(),
+        rle is None,
+        _file_key(polygons) if rle is None else None,
+        _file_key(regions),
+        STORE_VERSION,
+    ]
     fingerprint = hashlib.sha1(json.dumps(inputs).encode()).hexdigest()
     store = cache_dir / "stores" / f"{slide_id}.zarr"
-    if _fingerprint(store) != fingerprint:
+    if read_fingerprint(store) != fingerprint:
         logger.info("preparing %s (label, tissue, regions and glomerulus boxes at 1/%d)", slide_id, downscale)
         label = _label_bands(slide_id, layout.shape, rle, polygons)
         region_polygons = _annotations_inside(regions, layout.shape) if regions is not None else None
-        _build_store(store, fingerprint, slide_id, image, layout.shape, downscale, label, region_polygons,
-                     tissue_options)
-    group = zarr.open_group(store, mode="r")
-    return PreparedSlide(slide_id, str(image), tuple(layout.shape), working_level(layout, downscale), downscale,
-                         str(store), "label" in group, len(group.attrs["glomeruli"]))
+        _build_store(
+            store, fingerprint, slide_id, image, layout.shape, downscale, label, region_polygons, tissue_options
+        )
+    return PreparedSlide(
+        slide_id,
+        str(image),
+        tuple(layout.shape),
+        working_level(layout, downscale),
+        downscale,
+        str(store),
+        has_label(store),
+        len(read_glomeruli(store)),
+    )
 
 
 def _file_key(path: str | os.PathLike | None) -> list | None:
@@ -138,8 +179,9 @@ def _annotations_inside(path: str | os.PathLike, shape: tuple[int, int]) -> list
 BandReader = Callable[[int, int], np.ndarray]
 
 
-def _label_bands(slide_id: str, shape: tuple[int, int], rle: str | None,
-                 polygons: str | os.PathLike | None) -> BandReader | None:
+def _label_bands(
+    slide_id: str, shape: tuple[int, int], rle: str | None, polygons: str | os.PathLike | None
+) -> BandReader | None:
     """``read(col0, col1)``: level-0 columns ``[col0, col1)`` of the slide's mask, from RLE or polygons."""
     height, width = shape
     if rle is not None:
@@ -151,33 +193,42 @@ def _label_bands(slide_id: str, shape: tuple[int, int], rle: str | None,
     spans = [(a.rings[0][:, 0].min(), a.rings[0][:, 0].max()) for a in annotations]
 
     def read(col0: int, col1: int) -> np.ndarray:
-        in_band = [a for a, (x0, x1) in zip(annotations, spans) if x1 >= col0 - 1 and x0 <= col1]
+        in_band = [a for a, (x0, x1) in zip(annotations, spans, strict=True) if x1 >= col0 - 1 and x0 <= col1]
         return rasterize(in_band, (height, col1 - col0), origin=(0, col0))
 
     return read
-def _fingerprint(store: Path) -> str | None:
-    try:
-        return zarr.open_group(store, mode="r").attrs.get("fingerprint")
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError):
-        return None
 
 
-def _build_store(store: Path, fingerprint: str, slide_id: str, image: Path, shape: tuple[int, int],
-                 downscale: int, label: BandReader | None, regions: list[Annotation] | None,
-                 tissue_options: dict) -> None:
+def _build_store(
+    store: Path,
+    fingerprint: str,
+    slide_id: str,
+    image: Path,
+    shape: tuple[int, int],
+    downscale: int,
+    label: BandReader | None,
+    regions: list[Annotation] | None,
+    tissue_options: dict,
+) -> None:
     """Write the store under a temporary name, then swap it in."""
     tmp = store.with_name(f".{store.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    group = zarr.open_group(tmp, mode="w")
+    group = open_store(tmp, mode="w")
     thumbnail, tissue_downsample = read_thumbnail(image)
     tissue = tissue_mask(thumbnail, **tissue_options)
-    group.create_array("tissue", data=tissue.astype(np.uint8), chunks=(CHUNK, CHUNK))
-    group.create_array("regions", data=region_map(regions, tissue, tissue_downsample), chunks=(CHUNK, CHUNK))
+    group.create_array(TISSUE, data=tissue.astype(np.uint8), chunks=(CHUNK, CHUNK))
+    group.create_array(REGIONS, data=region_map(regions, tissue, tissue_downsample), chunks=(CHUNK, CHUNK))
     boxes = _write_label(group, shape, downscale, label) if label is not None else []
-    group.attrs.update({
-        "slide_id": slide_id, "shape": list(shape), "downscale": downscale,
-        "tissue_downsample": tissue_downsample, "glomeruli": boxes, "fingerprint": fingerprint,
-    })
+    group.attrs.update(
+        {
+            SLIDE_ID: slide_id,
+            SHAPE: list(shape),
+            DOWNSCALE: downscale,
+            TISSUE_DOWNSAMPLE: tissue_downsample,
+            GLOMERULI: boxes,
+            FINGERPRINT: fingerprint,
+        }
+    )
     shutil.rmtree(store, ignore_errors=True)
     os.replace(tmp, store)
 
@@ -189,8 +240,8 @@ def _write_label(group: zarr.Group, shape: tuple[int, int], downscale: int, read
     ``[y0, x0, y1, x1]`` at level 0, found on a further pooled copy so memory stays small.
     """
     height, width = shape
-    work_shape = level_shape(shape, downscale.bit_length() - 1)
-    label = group.create_array("label", shape=work_shape, chunks=(CHUNK, CHUNK), dtype=np.uint8, fill_value=0)
+    work_shape = working_shape(shape, downscale)
+    label = group.create_array(LABEL, shape=work_shape, chunks=(CHUNK, CHUNK), dtype=np.uint8, fill_value=0)
     pooled = np.zeros(level_shape(work_shape, BOX_POOL.bit_length() - 1), dtype=bool)
     band_columns = CHUNK * downscale
     for col in range(0, width, band_columns):
@@ -206,26 +257,3 @@ def _write_label(group: zarr.Group, shape: tuple[int, int], downscale: int, read
         [rows.start * scale, cols.start * scale, min(rows.stop * scale, height), min(cols.stop * scale, width)]
         for rows, cols in ndimage.find_objects(components)
     ]
-
-
-def read_window(store: str | os.PathLike, name: str, y0: int, x0: int, height: int, width: int) -> np.ndarray:
-    """Read ``[y0, y0 + height) x [x0, x0 + width)`` of an array in a store; outside it reads as 0.
-
-    Args:
-        store: the zarr store.
-        name: ``"label"``, ``"tissue"`` or ``"regions"``.
-        y0: top row (may be negative).
-        x0: left column (may be negative).
-        height: rows to read.
-        width: columns to read.
-
-    Returns:
-        ``(height, width)`` array of the array's dtype.
-    """
-    array = zarr.open_array(Path(store) / name, mode="r")
-    window = np.zeros((height, width), dtype=array.dtype)
-    top, left = max(y0, 0), max(x0, 0)
-    bottom, right = min(y0 + height, array.shape[0]), min(x0 + width, array.shape[1])
-    if bottom > top and right > left:
-        window[top - y0 : bottom - y0, left - x0 : right - x0] = array[top:bottom, left:right]
-    return window

@@ -21,6 +21,7 @@ import imagecodecs
 import numpy as np
 import tifffile
 import zarr
+from skimage.measure import block_reduce
 
 from .files import atomic_path
 
@@ -65,7 +66,8 @@ def reduce2x(band: np.ndarray, how: str = "mean") -> np.ndarray:
 
 
 def pool_mask(mask: np.ndarray, factor: int, how: str = "max") -> np.ndarray:
-    """Reduce a 2D mask by ``factor`` (ceil shape; the padding counts as background).
+    """Reduce a 2D mask by ``factor``: ``skimage.measure.block_reduce`` named by what it keeps (ceil
+    shape; the padding counts as background).
 
     Args:
         mask: ``(h, w)`` array.
@@ -75,14 +77,12 @@ def pool_mask(mask: np.ndarray, factor: int, how: str = "max") -> np.ndarray:
     Returns:
         ``(ceil(h / factor), ceil(w / factor))`` array.
     """
-    h, w = mask.shape
-    padded = np.pad(mask, ((0, -h % factor), (0, -w % factor)))
-    blocks = padded.reshape(padded.shape[0] // factor, factor, padded.shape[1] // factor, factor)
-    return blocks.mean(axis=(1, 3)) if how == "mean" else blocks.max(axis=(1, 3))
+    return block_reduce(mask, (factor, factor), np.mean if how == "mean" else np.max, cval=0)
 
 
-def _tiles(read_band: BandReader, shape: tuple[int, int], channels: int, tile: int,
-           on_band: Callable[[int, np.ndarray], None]) -> Iterator[np.ndarray]:
+def _tiles(
+    read_band: BandReader, shape: tuple[int, int], channels: int, tile: int, on_band: Callable[[int, np.ndarray], None]
+) -> Iterator[np.ndarray]:
     """Yield ``tile x tile`` tiles in row-major order, reading one band of rows at a time."""
     height, width = shape
     for y0 in range(0, height, tile):
@@ -90,7 +90,9 @@ def _tiles(read_band: BandReader, shape: tuple[int, int], channels: int, tile: i
         if band.ndim == 2:
             band = band[..., None]
         if band.shape != (min(tile, height - y0), width, channels):
-            raise ValueError(f"band at row {y0} has shape {band.shape}, expected {(min(tile, height - y0), width, channels)}")
+            raise ValueError(
+                f"band at row {y0} has shape {band.shape}, expected {(min(tile, height - y0), width, channels)}"
+            )
         on_band(y0, band)
         yield from _row_of_tiles(band, tile)
 
@@ -236,15 +238,35 @@ def write_pyramid(
     return Path(path)
 
 
-def _write_levels(tmp: Path, read_band: BandReader, shape: tuple[int, int], channels: int, levels: int,
-                  tile: int, codec: dict, reduce: str, resolution_um: float | None) -> None:
+def _write_levels(
+    tmp: Path,
+    read_band: BandReader,
+    shape: tuple[int, int],
+    channels: int,
+    levels: int,
+    tile: int,
+    codec: dict,
+    reduce: str,
+    resolution_um: float | None,
+) -> None:
     """Write every level to ``tmp``, each reduced level built from the one above while it is read."""
-    with tempfile.TemporaryDirectory(prefix=".pyramid-", dir=tmp.parent) as scratch, tifffile.TiffWriter(
-        tmp, bigtiff=True
-    ) as writer:
+    with (
+        tempfile.TemporaryDirectory(prefix=".pyramid-", dir=tmp.parent) as scratch,
+        tifffile.TiffWriter(tmp, bigtiff=True) as writer,
+    ):
         if codec["compression"] == "zlib":
-            _write_deflated(writer, Path(scratch), read_band, shape, channels, levels, tile,
-                            (codec["compressionargs"] or {}).get("level"), reduce, resolution_um)
+            _write_deflated(
+                writer,
+                Path(scratch),
+                read_band,
+                shape,
+                channels,
+                levels,
+                tile,
+                (codec["compressionargs"] or {}).get("level"),
+                reduce,
+                resolution_um,
+            )
             return
         reader = read_band
         for level in range(levels):
@@ -252,8 +274,11 @@ def _write_levels(tmp: Path, read_band: BandReader, shape: tuple[int, int], chan
             reduced = None
             if level + 1 < levels:
                 reduced = zarr.create_array(
-                    store=f"{scratch}/level{level + 1}.zarr", shape=(*level_shape(shape, level + 1), channels),
-                    chunks=(tile // 2, level_hw[1], channels), dtype=np.uint8, fill_value=0,
+                    store=f"{scratch}/level{level + 1}.zarr",
+                    shape=(*level_shape(shape, level + 1), channels),
+                    chunks=(tile // 2, level_hw[1], channels),
+                    dtype=np.uint8,
+                    fill_value=0,
                 )
 
             def keep_reduced(y0: int, band: np.ndarray, target=reduced) -> None:
@@ -266,14 +291,25 @@ def _write_levels(tmp: Path, read_band: BandReader, shape: tuple[int, int], chan
                 reader = lambda y0, y1, source=reduced: source[y0:y1]  # noqa: E731
 
 
-def _write_deflated(writer: tifffile.TiffWriter, scratch: Path, read_band: BandReader, shape: tuple[int, int],
-                    channels: int, levels: int, tile: int, zlib_level: int | None, reduce: str,
-                    resolution_um: float | None) -> None:
+def _write_deflated(
+    writer: tifffile.TiffWriter,
+    scratch: Path,
+    read_band: BandReader,
+    shape: tuple[int, int],
+    channels: int,
+    levels: int,
+    tile: int,
+    zlib_level: int | None,
+    reduce: str,
+    resolution_um: float | None,
+) -> None:
     """The ``zlib`` pyramid: every reduced level is made and deflated while level 0 streams, so
     once level 0 is written the rest only copies bytes (tifffile stores tiles given as bytes as they are)."""
     deflater = _Deflater(zlib_level)
-    reduced = [_SpilledLevel(scratch / f"level{level}.tiles", level_shape(shape, level), tile, deflater)
-               for level in range(1, levels)]
+    reduced = [
+        _SpilledLevel(scratch / f"level{level}.tiles", level_shape(shape, level), tile, deflater)
+        for level in range(1, levels)
+    ]
 
     def cascade(y0: int, band: np.ndarray) -> None:
         for level in reduced:
@@ -285,8 +321,9 @@ def _write_deflated(writer: tifffile.TiffWriter, scratch: Path, read_band: BandR
         tiles = deflater.in_order(_tiles(read_band, shape, channels, tile, cascade))
         writer.write(tiles, **_page(0, shape, channels, tile, resolution_um), compression="zlib")
         for level, spilled in enumerate(reduced, start=1):
-            writer.write(spilled.tiles(), **_page(level, spilled.shape, channels, tile, resolution_um),
-                         compression="zlib")
+            writer.write(
+                spilled.tiles(), **_page(level, spilled.shape, channels, tile, resolution_um), compression="zlib"
+            )
     finally:
         deflater.close()
         for spilled in reduced:
@@ -296,8 +333,11 @@ def _write_deflated(writer: tifffile.TiffWriter, scratch: Path, read_band: BandR
 def _page(level: int, shape: tuple[int, int], channels: int, tile: int, resolution_um: float | None) -> dict:
     """tifffile's ``write`` arguments for one pyramid level."""
     page = {
-        "shape": (*shape, channels) if channels > 1 else shape, "dtype": np.uint8, "tile": (tile, tile),
-        "photometric": "rgb" if channels == 3 else "minisblack", "subfiletype": 0 if level == 0 else 1,
+        "shape": (*shape, channels) if channels > 1 else shape,
+        "dtype": np.uint8,
+        "tile": (tile, tile),
+        "photometric": "rgb" if channels == 3 else "minisblack",
+        "subfiletype": 0 if level == 0 else 1,
         "metadata": None,
     }
     if resolution_um:

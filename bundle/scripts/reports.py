@@ -27,20 +27,29 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import zarr
 from ignite.engine import Engine, Events
 from monai.data import decollate_batch
 from monai.handlers import from_engine
 
 from .distributed import is_main_process
 from .files import atomic_path, write_csv, write_text_atomic
+from .keys import LOCATION, SLIDE_ID
 from .metrics import SlideDice, SlideMaps
 from .outputs import write_png
 from .slides import read_thumbnail
+from .store import read_tissue
 from .transforms import label_window
 
-__all__ = ["FN_COLOUR", "FP_COLOUR", "TP_COLOUR", "TrainingCurves", "ValidationErrorMaps", "ValidationImages",
-           "error_overlay", "render_error_map"]
+__all__ = [
+    "FN_COLOUR",
+    "FP_COLOUR",
+    "TP_COLOUR",
+    "TrainingCurves",
+    "ValidationErrorMaps",
+    "ValidationImages",
+    "error_overlay",
+    "render_error_map",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +81,14 @@ class TrainingCurves:
 
     HEADER = ("epoch", "loss", "val_dice")
 
-    def __init__(self, output_dir: str, validator: Engine | None = None, metric: str = "val_dice",
-                 output_transform: Callable | None = None, name: str = "training_curves") -> None:
+    def __init__(
+        self,
+        output_dir: str,
+        validator: Engine | None = None,
+        metric: str = "val_dice",
+        output_transform: Callable | None = None,
+        name: str = "training_curves",
+    ) -> None:
         self.output_dir = Path(output_dir)
         self.validator = validator
         self.metric = metric
@@ -190,13 +205,16 @@ def _number(value: float | None) -> str:
 
 def _read_curves(path: Path) -> list[tuple[int, float | None, float | None]]:
     """Rows of a curves CSV; an unreadable file reads as no rows."""
+
     def value(text: str | None) -> float | None:
         return float(text) if text not in (None, "") else None
 
     try:
         with open(path, newline="") as handle:
-            return [(int(row["epoch"]), value(row.get("loss")), value(row.get("val_dice")))
-                    for row in csv.DictReader(handle)]
+            return [
+                (int(row["epoch"]), value(row.get("loss")), value(row.get("val_dice")))
+                for row in csv.DictReader(handle)
+            ]
     except (OSError, ValueError, KeyError, TypeError) as error:
         logger.warning("cannot read %s (%s); the curves start over", path, error)
         return []
@@ -234,8 +252,11 @@ def render_error_map(background: np.ndarray, prediction: np.ndarray, truth: np.n
     except ImportError:
         return overlay
     line = 14
-    entries = [(TP_COLOUR, "true positive (tinted)"), (FP_COLOUR, "false positive: predicted, not in label"),
-               (FN_COLOUR, "false negative: in label, missed")]
+    entries = [
+        (TP_COLOUR, "true positive (tinted)"),
+        (FP_COLOUR, "false positive: predicted, not in label"),
+        (FN_COLOUR, "false negative: in label, missed"),
+    ]
     height, width = overlay.shape[:2]
     canvas = Image.new("RGB", (max(width, 300), height + line * (len(entries) + 1) + 8), (255, 255, 255))
     canvas.paste(Image.fromarray(overlay), (0, 0))
@@ -271,7 +292,9 @@ class ValidationErrorMaps:
         only_best: write only on a new best value.
     """
 
-    def __init__(self, output_dir: str, metric: SlideDice, metric_name: str = "val_dice", only_best: bool = True) -> None:
+    def __init__(
+        self, output_dir: str, metric: SlideDice, metric_name: str = "val_dice", only_best: bool = True
+    ) -> None:
         self.output_dir = Path(output_dir)
         self.metric = metric
         self.metric_name = metric_name
@@ -308,8 +331,10 @@ class ValidationErrorMaps:
             title = f"{slide_id}  Dice {per_slide.get(slide_id, float('nan')):.4f}  epoch {epoch}"
             image = render_error_map(self._background(maps), maps.prediction, maps.truth, title)
             write_png(self.output_dir / f"{slide_id}_errors.png", image)
-        write_text_atomic(self.output_dir / "errors.json",
-                          json.dumps({"val_dice": value, "epoch": epoch, "dice": per_slide}, indent=1))
+        write_text_atomic(
+            self.output_dir / "errors.json",
+            json.dumps({"val_dice": value, "epoch": epoch, "dice": per_slide}, indent=1),
+        )
         self._best, self._best_loaded = value, True
 
     def _background(self, maps: SlideMaps) -> np.ndarray:
@@ -323,10 +348,8 @@ class ValidationErrorMaps:
                 thumbnail, scale = read_thumbnail(maps.image, max_downsample=level0)
             except Exception as error:  # noqa: BLE001 - any unreadable slide: fall back to the tissue mask
                 logger.warning("thumbnail of %s unreadable (%s); drawing its tissue mask", maps.store, error)
-                group = zarr.open_group(maps.store, mode="r")
-                tissue = group["tissue"][:] > 0
+                tissue, scale = read_tissue(maps.store)
                 thumbnail = np.where(tissue[..., None], np.uint8(205), np.uint8(245)).repeat(3, axis=2)
-                scale = int(group.attrs["tissue_downsample"])
             self._backgrounds[key] = _resample(thumbnail[..., :3], scale, level0, maps.prediction.shape)
         return self._backgrounds[key]
 
@@ -339,7 +362,9 @@ def _resample(image: np.ndarray, scale: int, target_scale: int, shape: tuple[int
     if factor > 1:
         h, w = image.shape[:2]
         padded = np.pad(image, ((0, -h % factor), (0, -w % factor), (0, 0)), mode="edge")
-        image = padded.reshape(padded.shape[0] // factor, factor, padded.shape[1] // factor, factor, -1).mean(axis=(1, 3))
+        image = padded.reshape(padded.shape[0] // factor, factor, padded.shape[1] // factor, factor, -1).mean(
+            axis=(1, 3)
+        )
     ratio = target_scale / (scale * factor)  # source pixels per target pixel (1 for powers of two)
     rows = np.minimum(((np.arange(shape[0]) + 0.5) * ratio).astype(int), image.shape[0] - 1)
     cols = np.minimum(((np.arange(shape[1]) + 0.5) * ratio).astype(int), image.shape[1] - 1)
@@ -368,8 +393,14 @@ class ValidationImages:
         tag: prefix of the image tags.
     """
 
-    def __init__(self, log_dir: str, per_slide: int = 2, max_windows: int = 8, min_fraction: float = 0.02,
-                 tag: str = "validation") -> None:
+    def __init__(
+        self,
+        log_dir: str,
+        per_slide: int = 2,
+        max_windows: int = 8,
+        min_fraction: float = 0.02,
+        tag: str = "validation",
+    ) -> None:
         self.log_dir = Path(log_dir)
         self.per_slide = per_slide
         self.max_windows = max_windows
@@ -395,7 +426,7 @@ class ValidationImages:
             output = decollate_batch(output)
         for item in output or ():
             meta = item["image"].meta
-            key = (str(meta["slide_id"]), *(int(v) for v in meta["location"]))
+            key = (str(meta[SLIDE_ID]), *(int(v) for v in meta[LOCATION]))
             if key not in self._chosen:
                 if not self._choosing or key in self._rejected or len(self._chosen) >= self.max_windows:
                     continue
@@ -425,7 +456,9 @@ class ValidationImages:
         prediction = torch.as_tensor(item["pred"]).detach().float().cpu().clamp(0, 1)
         self._writer.add_image(f"{prefix}/image", image.as_subclass(torch.Tensor), step, dataformats="CHW")
         self._writer.add_image(f"{prefix}/label", label[None].astype(np.float32), step, dataformats="CHW")
-        self._writer.add_image(f"{prefix}/prediction", prediction[:1].as_subclass(torch.Tensor), step, dataformats="CHW")
+        self._writer.add_image(
+            f"{prefix}/prediction", prediction[:1].as_subclass(torch.Tensor), step, dataformats="CHW"
+        )
 
     def close(self) -> None:
         """Close the event file."""

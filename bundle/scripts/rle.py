@@ -15,7 +15,13 @@ import numpy as np
 from .errors import InputError
 
 __all__ = [
-    "BlockRunEncoder", "RleError", "decode_columns", "parse_rle", "rle_decode", "rle_encode", "rle_encode_chunked",
+    "BlockRunEncoder",
+    "RleError",
+    "decode_columns",
+    "parse_rle",
+    "rle_decode",
+    "rle_encode",
+    "rle_encode_chunked",
     "runs_to_rle",
 ]
 
@@ -106,9 +112,7 @@ def rle_decode(rle: str, shape: tuple[int, int], slide_id: str | None = None) ->
     return decode_columns(starts, lengths, height, 0, width)
 
 
-def decode_columns(
-    starts: np.ndarray, lengths: np.ndarray, height: int, col_start: int, col_stop: int
-) -> np.ndarray:
+def decode_columns(starts: np.ndarray, lengths: np.ndarray, height: int, col_start: int, col_stop: int) -> np.ndarray:
     """Decode the columns ``[col_start, col_stop)`` of a mask from parsed runs.
 
     Only the runs that touch those columns are visited, so a whole-slide mask can be rebuilt one

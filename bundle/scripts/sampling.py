@@ -11,13 +11,13 @@ baselines trained. Validation slides are whole slides held out by slide, never b
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import numpy as np
-import zarr
 
 from .prepare import PreparedSlide
 from .regions import SAMPLING_CLASSES
+from .store import read_glomeruli, read_tissue
 
 __all__ = ["DEFAULT_REGION_WEIGHTS", "class_weights", "grid_units", "sampling_units", "split_slides"]
 
@@ -43,15 +43,18 @@ def class_weights(region_weights: Mapping[str, float]) -> dict[str, float]:
     """
     unknown = set(region_weights) - set(SAMPLING_CLASSES)
     if unknown or any(w < 0 for w in region_weights.values()) or not any(region_weights.values()):
-        raise ValueError(f"region_weights must give non-negative weights, not all zero, to cortex, medulla, other "
-                         f"(and optionally tissue); got {dict(region_weights)}")
+        raise ValueError(
+            f"region_weights must give non-negative weights, not all zero, to cortex, medulla, other "
+            f"(and optionally tissue); got {dict(region_weights)}"
+        )
     weights = {name: float(region_weights.get(name, 0.0)) for name in ("cortex", "medulla", "other")}
     weights["tissue"] = float(region_weights.get("tissue", weights["cortex"] + weights["medulla"]))
     return weights
 
 
-def sampling_units(slides: Sequence[PreparedSlide], random_per_slide: int,
-                   region_weights: Mapping[str, float] | None = None) -> list[dict]:
+def sampling_units(
+    slides: Sequence[PreparedSlide], random_per_slide: int, region_weights: Mapping[str, float] | None = None
+) -> list[dict]:
     """One datalist item per glomerulus plus ``random_per_slide`` random items per slide.
 
     Args:
@@ -69,7 +72,7 @@ def sampling_units(slides: Sequence[PreparedSlide], random_per_slide: int,
     units = []
     for slide in slides:
         base = slide.as_dict()
-        boxes = zarr.open_group(slide.store, mode="r").attrs["glomeruli"]
+        boxes = read_glomeruli(slide.store)
         units += [{**base, "region": "glomerulus", "bbox": list(box)} for box in boxes]
         units += [{**base, "region": "random", "weights": weights} for _ in range(random_per_slide)]
     return units
@@ -89,20 +92,29 @@ def grid_units(slides: Sequence[PreparedSlide], patch_size: int, min_tissue: flo
     """
     units = []
     for slide in slides:
-        group = zarr.open_group(slide.store, mode="r")
-        tissue, downsample = group["tissue"][:] > 0, int(group.attrs["tissue_downsample"])
+        tissue, downsample = read_tissue(slide.store)
         side = patch_size * slide.downscale  # level-0 pixels per tile
         for top in range(0, slide.shape[0], side):
             for left in range(0, slide.shape[1], side):
-                window = tissue[top // downsample : -(-(top + side) // downsample),
-                                left // downsample : -(-(left + side) // downsample)]
+                window = tissue[
+                    top // downsample : -(-(top + side) // downsample),
+                    left // downsample : -(-(left + side) // downsample),
+                ]
                 if window.size and window.mean() >= min_tissue:
                     units.append({**slide.as_dict(), "region": "grid", "centre": [top + side // 2, left + side // 2]})
     return units
 
 
-def split_slides(slides: Mapping[str, PreparedSlide], num_folds: int, fold: int,
-                 seed: int = 0, hold_out: bool = True) -> tuple[list[PreparedSlide], list[PreparedSlide]]:
+class SlideSplit(NamedTuple):
+    """Whole slides to train on and to validate on (configs name them: ``@split.train``, ``@split.validation``)."""
+
+    train: list[PreparedSlide]
+    validation: list[PreparedSlide]
+
+
+def split_slides(
+    slides: Mapping[str, PreparedSlide], num_folds: int, fold: int, seed: int = 0, hold_out: bool = True
+) -> SlideSplit:
     """Split slides into training and validation sets, whole slides only, stratified by glomerulus count.
 
     Slides are ordered by their number of glomeruli and dealt into ``num_folds`` folds a block of
@@ -118,13 +130,13 @@ def split_slides(slides: Mapping[str, PreparedSlide], num_folds: int, fold: int,
         hold_out: False: every slide trains and none validates (``train_on_all``).
 
     Returns:
-        ``(train, val)`` lists of the mapping's values; both non-empty when there are two slides or
-        more and ``hold_out``.
+        ``(train, validation)`` lists of the mapping's values; both non-empty when there are two
+        slides or more and ``hold_out``.
     """
     if not 0 <= fold < num_folds:
         raise ValueError(f"fold must be in [0, {num_folds}), got {fold}")
     if len(slides) < 2 or not hold_out:
-        return list(slides.values()), []
+        return SlideSplit(list(slides.values()), [])
     ordered = sorted(slides, key=lambda key: (getattr(slides[key], "glomeruli", 0), key))
     rng = np.random.default_rng(seed)
     folds: dict[str, int] = {}
@@ -133,4 +145,4 @@ def split_slides(slides: Mapping[str, PreparedSlide], num_folds: int, fold: int,
         for position, index in enumerate(rng.permutation(len(block))):
             folds[block[index]] = position
     val = [key for key in ordered if folds[key] == fold] or ordered[-1:]
-    return [slides[key] for key in ordered if key not in val], [slides[key] for key in val]
+    return SlideSplit([slides[key] for key in ordered if key not in val], [slides[key] for key in val])

@@ -9,10 +9,12 @@ tiled pyramidal RGB TIFF in a cache folder (see :mod:`scripts.pyramid`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import logging
 import os
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +27,15 @@ from .errors import SlideError
 from .isolated import run_isolated
 from .pyramid import level_shape, num_levels, write_pyramid
 
-__all__ = ["SlideLayout", "ensure_readable", "import_cucim_in_background", "inspect_slide", "read_thumbnail", "working_level"]
+__all__ = [
+    "SlideLayout",
+    "convert_in_child",
+    "ensure_readable",
+    "import_cucim_in_background",
+    "inspect_slide",
+    "read_thumbnail",
+    "working_level",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +87,16 @@ def inspect_slide(path: str | os.PathLike, downscale: int = 1) -> SlideLayout:
     path = Path(path)
     if not path.is_file():
         raise SlideError(f"{path}: slide file not found")
-    if path.stat().st_size == 0:
+    stat = path.stat()
+    if stat.st_size == 0:
         raise SlideError(f"{path}: file is empty; copy the slide again")
+    # a run asks about each slide several times (cache check, thumbnail, working level): one header read
+    return _inspect_file(path, stat.st_size, stat.st_mtime_ns, downscale)
+
+
+@functools.lru_cache(maxsize=256)
+def _inspect_file(path: Path, size: int, mtime_ns: int, downscale: int) -> SlideLayout:
+    """:func:`inspect_slide` of one version of a file (``size`` and ``mtime_ns`` key the cache)."""
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
@@ -101,19 +119,24 @@ def _check_data(path: Path, page) -> None:
     """Refuse a file whose image data cannot be what its header says: cut short, or a
     decompression bomb (a header claiming far more pixels than the bytes stored could hold)."""
     size = path.stat().st_size
-    ends = [offset + count for offset, count in zip(page.dataoffsets, page.databytecounts) if count]
+    ends = [offset + count for offset, count in zip(page.dataoffsets, page.databytecounts, strict=True) if count]
     if ends and max(ends) > size:
-        raise SlideError(f"{path}: truncated: its image data runs past the end of the file ({size} bytes); "
-                         "copy the slide again")
+        raise SlideError(
+            f"{path}: truncated: its image data runs past the end of the file ({size} bytes); copy the slide again"
+        )
     claimed = int(np.prod(page.shape)) * page.dtype.itemsize
     stored = sum(page.databytecounts)
     if claimed > BOMB_MIN_BYTES and claimed > BOMB_RATIO * max(stored, 1):
-        raise SlideError(f"{path}: the header claims {claimed / 2**30:.1f} GiB of pixels but the file stores "
-                         f"{stored / 2**20:.2f} MiB: a damaged file or a decompression bomb, not opened")
+        raise SlideError(
+            f"{path}: the header claims {claimed / 2**30:.1f} GiB of pixels but the file stores "
+            f"{stored / 2**20:.2f} MiB: a damaged file or a decompression bomb, not opened"
+        )
     chunk = int(np.prod(page.chunks)) * page.dtype.itemsize * (page.samplesperpixel if page.planarconfig == 1 else 1)
     if chunk > MAX_CHUNK_BYTES and int(page.compression) != 1:  # uncompressed data is memory-mapped instead
-        raise SlideError(f"{path}: one {'tile' if page.is_tiled else 'strip'} holds {chunk / 2**30:.1f} GiB, too much "
-                         "to decode in bounded memory; re-export the slide as a tiled TIFF")
+        raise SlideError(
+            f"{path}: one {'tile' if page.is_tiled else 'strip'} holds {chunk / 2**30:.1f} GiB, too much "
+            "to decode in bounded memory; re-export the slide as a tiled TIFF"
+        )
 
 
 def _short(error: Exception) -> str:
@@ -253,9 +276,19 @@ def _probe(path: Path, level: int) -> str | None:
 
 def _convert_isolated(source: Path, target: Path, downscale: int) -> None:
     """:func:`convert_to_canonical` in a child process; its failure becomes one line."""
-    failure = run_isolated("convert", str(source), str(target), str(downscale))
+    failure = run_isolated(f"{__name__}:{convert_in_child.__name__}", str(source), str(target), str(downscale))
     if failure is not None:
-        raise SlideError(failure if failure.startswith(str(source)) else f"{source}: could not be converted ({failure})")
+        raise SlideError(
+            failure if failure.startswith(str(source)) else f"{source}: could not be converted ({failure})"
+        )
+
+
+def convert_in_child(source: str, target: str, downscale: str) -> None:
+    """The child side of :func:`_convert_isolated` (arguments as strings): a failure exits with one line."""
+    try:
+        convert_to_canonical(inspect_slide(source, int(downscale)), Path(target), int(downscale))
+    except SlideError as error:
+        sys.exit(str(error))  # one line on stderr: run_isolated passes it on
 
 
 def convert_to_canonical(layout: SlideLayout, target: Path, downscale: int = 1) -> Path:
@@ -278,7 +311,9 @@ def convert_to_canonical(layout: SlideLayout, target: Path, downscale: int = 1) 
     except SlideError as error:
         raise SlideError(f"{layout.path}: {error}") from None
     except Exception as error:
-        raise SlideError(f"{layout.path}: could not be decoded ({_short(error)}); re-export it as a tiled RGB TIFF") from None
+        raise SlideError(
+            f"{layout.path}: could not be decoded ({_short(error)}); re-export it as a tiled RGB TIFF"
+        ) from None
 
 
 def _open_source(path: Path, tif: tifffile.TiffFile):
@@ -303,7 +338,9 @@ def _band_reader(source, axes: str):
         )
         kept = [a for i, a in enumerate(axes) if a in "YX" or i == channel_axis]
         band = np.asarray(source[index])
-        order = [kept.index("Y"), kept.index("X")] + ([kept.index(axes[channel_axis])] if channel_axis is not None else [])
+        order = [kept.index("Y"), kept.index("X")] + (
+            [kept.index(axes[channel_axis])] if channel_axis is not None else []
+        )
         band = band.transpose(order)
         return _to_rgb8(band)
 
@@ -326,4 +363,3 @@ def _to_rgb8(band: np.ndarray) -> np.ndarray:
     if np.issubdtype(band.dtype, np.floating):
         return (np.clip(band, 0, 1) * 255 + 0.5).astype(np.uint8)
     raise SlideError(f"{band.dtype} samples are not supported; export the slide as 8-bit RGB")
-

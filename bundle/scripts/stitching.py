@@ -11,9 +11,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
-import zarr
 from monai.data.utils import compute_importance_map
 from monai.utils import BlendMode
+
+from .keys import DOWNSCALE, LOCATION, NUM_WINDOWS, SHAPE, SLIDE_ID, STORE
+from .prepare import working_shape
+from .store import read_tissue
 
 __all__ = ["BandStitcher", "SlideStitchers", "blend_weights", "slide_windows", "window_starts"]
 
@@ -60,8 +63,9 @@ def blend_weights(roi: int, blend: str = "gaussian", overlap: float = 0.25, sigm
     raise ValueError(f"blend must be one of {BLENDS}, got {blend!r}")
 
 
-def slide_windows(store: str, shape: tuple[int, int], downscale: int, roi: int,
-                  overlap: float) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+def slide_windows(
+    store: str, shape: tuple[int, int], downscale: int, roi: int, overlap: float
+) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
     """A slide's window grid split into the windows to run and the background windows to skip.
 
     A window runs when its area holds a tissue pixel of the slide's tissue mask (a summed-area
@@ -77,9 +81,8 @@ def slide_windows(store: str, shape: tuple[int, int], downscale: int, roi: int,
     Returns:
         ``(run, skipped)``: ``(y, x)`` window corners at the working resolution, row-major.
     """
-    group = zarr.open_group(store, mode="r")
-    tissue = group["tissue"][:] > 0
-    scale = downscale / group.attrs["tissue_downsample"]  # tissue pixels per working pixel
+    tissue, tissue_downsample = read_tissue(store)
+    scale = downscale / tissue_downsample  # tissue pixels per working pixel
     table = np.pad(np.cumsum(np.cumsum(tissue.astype(np.int64), 0), 1), ((1, 0), (1, 0)))
 
     def span(start: int, limit: int) -> tuple[int, int]:
@@ -115,8 +118,9 @@ class BandStitcher:
             and encode the chunk again for each part.
     """
 
-    def __init__(self, height: int, width: int, weights: np.ndarray, skipped: list[tuple[int, int]] = (),
-                 step: int = 1) -> None:
+    def __init__(
+        self, height: int, width: int, weights: np.ndarray, skipped: list[tuple[int, int]] = (), step: int = 1
+    ) -> None:
         self.height, self.width = height, width
         self.weights = weights
         self.roi = weights.shape[0]
@@ -170,7 +174,9 @@ class BandStitcher:
             offset = row - y
             weights = self.weights[offset : offset + count, c0:c1]
             if probability is not None:
-                self._sum[start : start + count, x + c0 : x + c1] += probability[offset : offset + count, c0:c1] * weights
+                self._sum[start : start + count, x + c0 : x + c1] += (
+                    probability[offset : offset + count, c0:c1] * weights
+                )
             self._weight[start : start + count, x + c0 : x + c1] += weights
 
     def _release(self, until: int) -> Iterator[tuple[int, np.ndarray]]:
@@ -213,14 +219,14 @@ class SlideStitchers:
             released by this window (all remaining rows when it was the slide's last window), and
             whether it was.
         """
-        slide_id, scale = str(meta["slide_id"]), int(meta["downscale"])
-        shape = tuple(-(-int(v) // scale) for v in meta["shape"])
-        y, x = (int(v) // scale for v in meta["location"])
+        slide_id, scale = str(meta[SLIDE_ID]), int(meta[DOWNSCALE])
+        shape = working_shape(meta[SHAPE], scale)
+        y, x = (int(v) // scale for v in meta[LOCATION])
         if slide_id not in self._open:
-            _, skipped = slide_windows(str(meta["store"]), shape, scale, len(self.weights), self.overlap)
+            _, skipped = slide_windows(str(meta[STORE]), shape, scale, len(self.weights), self.overlap)
             self._open[slide_id] = (BandStitcher(*shape, self.weights, skipped, self.step), 0)
         stitcher, seen = self._open[slide_id]
-        num_windows = int(meta["num_windows"])
+        num_windows = int(meta[NUM_WINDOWS])
         bands = list(stitcher.add(probability, y, x))
         if seen + 1 < num_windows:
             self._open[slide_id] = (stitcher, seen + 1)

@@ -4,6 +4,9 @@ PAS tissue is stained (saturated) while the glass around it is near-white and gr
 threshold chosen by Otsu's method, clamped to a sane range so that a slide that is nearly all
 tissue (or nearly all glass) is not split in two, separates them. Small specks are dropped and
 holes (pale lumens, vessels) filled, so every window that touches tissue is kept.
+
+MONAI's ``ForegroundMask`` thresholds HSV channels (Otsu included) too, but its threshold is not
+clamped, and it neither closes gaps, fills holes, drops specks nor grows the mask.
 """
 
 from __future__ import annotations

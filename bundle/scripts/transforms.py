@@ -16,39 +16,28 @@ from monai.config import KeysCollection, NdarrayOrTensor
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, RandomizableTransform
 from monai.utils import TransformBackends, convert_to_dst_type
+from skimage.color import hed_from_rgb, rgb_from_hed
 
-from .prepare import read_window
+from .keys import DOWNSCALE, LOCATION, SIZE, STORE
+from .store import LABEL, read_window
 
 __all__ = ["HED_FROM_RGB", "RGB_FROM_HED", "LoadLabelPatchd", "RandStainJitter", "RandStainJitterd", "label_window"]
 
 # Stain (optical density) vectors of haematoxylin, eosin and DAB, one per row (Ruifrok & Johnston 2001),
-# and the inverse: the values of ``skimage.color.rgb_from_hed`` / ``hed_from_rgb``, written out so the
-# transform needs no scikit-image at run time. A row vector of optical densities ``od`` (R, G, B) has
-# stain concentrations ``od @ HED_FROM_RGB`` and ``concentrations @ RGB_FROM_HED`` gives it back.
-RGB_FROM_HED = np.array(
-    [
-        [0.65, 0.70, 0.29],
-        [0.07, 0.99, 0.11],
-        [0.27, 0.57, 0.78],
-    ]
-)
-HED_FROM_RGB = np.array(
-    [
-        [1.8779827368521356, -1.0076786862855642, -0.5561158181996246],
-        [-0.06590806222356334, 1.1347303724996625, -0.13552179862837116],
-        [-0.6019073634392891, -0.4804141884970579, 1.5735880719641926],
-    ]
-)
+# and the inverse. A row vector of optical densities ``od`` (R, G, B) has stain concentrations
+# ``od @ HED_FROM_RGB``, and ``concentrations @ RGB_FROM_HED`` gives it back.
+RGB_FROM_HED: np.ndarray = rgb_from_hed
+HED_FROM_RGB: np.ndarray = hed_from_rgb
 
 
 def label_window(meta: Mapping) -> np.ndarray:
     """The label window (``uint8``, zero outside the slide) matching an image window read by
     :mod:`scripts.datasets`, from the metadata of that window (``store``, level-0 ``location``,
     working-resolution ``size``, ``downscale``)."""
-    downscale = int(meta["downscale"])
-    top, left = (int(v) // downscale for v in meta["location"])
-    height, width = (int(v) for v in meta["size"])
-    return read_window(meta["store"], "label", top, left, height, width)
+    downscale = int(meta[DOWNSCALE])
+    top, left = (int(v) // downscale for v in meta[LOCATION])
+    height, width = (int(v) for v in meta[SIZE])
+    return read_window(meta[STORE], LABEL, top, left, height, width)
 
 
 class LoadLabelPatchd(MapTransform):
@@ -178,9 +167,7 @@ class RandStainJitterd(RandomizableTransform, MapTransform):
         RandomizableTransform.__init__(self, prob)
         self.jitter = RandStainJitter(prob=1.0, sigma_scale=sigma_scale, sigma_bias=sigma_bias)
 
-    def set_random_state(
-        self, seed: int | None = None, state: np.random.RandomState | None = None
-    ) -> RandStainJitterd:
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> RandStainJitterd:
         super().set_random_state(seed, state)
         self.jitter.set_random_state(seed, state)
         return self

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import zarr
 from ignite.engine import Engine
 
 from .demo import ensure_demo
@@ -22,10 +21,17 @@ from .layout import CsvRow, HubmapFolder, is_safe_id, report_problems
 from .prepare import PreparedSlide, prepare_slide
 from .regions import REGION_CODES
 from .slides import import_cucim_in_background
+from .store import read_regions
 
 __all__ = [
-    "SlideSet", "evaluation_slides", "inference_slides", "pseudo_labelled_slides",
-    "report_prepared", "report_training", "run_training", "training_slides",
+    "SlideSet",
+    "evaluation_slides",
+    "inference_slides",
+    "pseudo_labelled_slides",
+    "report_prepared",
+    "report_training",
+    "run_training",
+    "training_slides",
 ]
 
 PREPARE_WORKERS = 4  # slides prepared at the same time
@@ -63,8 +69,16 @@ def open_dataset(dataset_dir: str, demo_dir: str) -> HubmapFolder:
     return HubmapFolder(Path(dataset_dir))
 
 
-def _prepare_all(folder: HubmapFolder, split: str, listed: dict[str, tuple[Path, str | None]], cache_dir: str,
-                 downscale: int, tissue: dict | None, labelled: bool, share: bool = False) -> SlideSet:
+def _prepare_all(
+    folder: HubmapFolder,
+    split: str,
+    listed: dict[str, tuple[Path, str | None]],
+    cache_dir: str,
+    downscale: int,
+    tissue: dict | None,
+    labelled: bool,
+    share: bool = False,
+) -> SlideSet:
     """Prepare every listed slide (this rank's share of them when ``share``), ``PREPARE_WORKERS``
     at a time, keeping going past the ones that fail.
 
@@ -84,8 +98,16 @@ def _prepare_all(folder: HubmapFolder, split: str, listed: dict[str, tuple[Path,
     def prepare(slide_id: str) -> PreparedSlide:
         image, rle = listed[slide_id]
         polygons = folder.annotation_path(split, slide_id, "glomeruli") if labelled and rle is None else None
-        return prepare_slide(slide_id, image, cache_dir, downscale, rle, tissue, polygons,
-                             folder.annotation_path(split, slide_id, "regions"))
+        return prepare_slide(
+            slide_id,
+            image,
+            cache_dir,
+            downscale,
+            rle,
+            tissue,
+            polygons,
+            folder.annotation_path(split, slide_id, "regions"),
+        )
 
     # several slides at once: each waits mostly on its cuCIM probe (a child process) and on native code
     import_cucim_in_background()
@@ -109,8 +131,9 @@ def _with_rle(slides: dict[str, tuple[Path, CsvRow]]) -> dict[str, tuple[Path, s
 
 
 @user_errors
-def training_slides(dataset_dir: str, demo_dir: str, cache_dir: str, downscale: int,
-                    tissue: dict | None = None) -> SlideSet:
+def training_slides(
+    dataset_dir: str, demo_dir: str, cache_dir: str, downscale: int, tissue: dict | None = None
+) -> SlideSet:
     """Prepare the labelled slides: those of ``train.csv``, and those of ``train/`` with glomerulus
     polygons (``<id>.json``) but no row.
 
@@ -128,19 +151,24 @@ def training_slides(dataset_dir: str, demo_dir: str, cache_dir: str, downscale: 
     listed = _with_rle(folder.labelled_slides("train.csv", "train")) if (folder.root / "train.csv").is_file() else {}
     listed.update({key: (image, None) for key, image in folder.polygon_labelled_slides("train", listed).items()})
     if not listed and not folder.problems:
-        raise DatasetError(f"{folder.root}: no training slides; put them in train/<id>.tiff with their masks in "
-                           "train.csv (id,encoding) or glomerulus polygons in train/<id>.json")
+        raise DatasetError(
+            f"{folder.root}: no training slides; put them in train/<id>.tiff with their masks in "
+            "train.csv (id,encoding) or glomerulus polygons in train/<id>.json"
+        )
     slides = _prepare_all(folder, "train", listed, cache_dir, downscale, tissue, True)
     report_problems(slides.failed)
     if len(slides.prepared) < 2:
-        raise DatasetError(f"{folder.root}: {len(slides.prepared)} usable training slide(s); at least 2 are "
-                           "needed (training and validation are split by slide)")
+        raise DatasetError(
+            f"{folder.root}: {len(slides.prepared)} usable training slide(s); at least 2 are "
+            "needed (training and validation are split by slide)"
+        )
     return slides
 
 
 @user_errors
-def pseudo_labelled_slides(dataset_dir: str, csv_path: str | None, cache_dir: str, downscale: int,
-                           tissue: dict | None = None) -> list[PreparedSlide]:
+def pseudo_labelled_slides(
+    dataset_dir: str, csv_path: str | None, cache_dir: str, downscale: int, tissue: dict | None = None
+) -> list[PreparedSlide]:
     """Prepare the slides of a pseudo-label file (``id,encoding``; images in ``test/``) for training.
 
     Args:
@@ -163,8 +191,9 @@ def pseudo_labelled_slides(dataset_dir: str, csv_path: str | None, cache_dir: st
 
 
 @user_errors
-def inference_slides(dataset_dir: str, demo_dir: str, cache_dir: str, downscale: int,
-                     tissue: dict | None = None) -> SlideSet:
+def inference_slides(
+    dataset_dir: str, demo_dir: str, cache_dir: str, downscale: int, tissue: dict | None = None
+) -> SlideSet:
     """Prepare the slides to segment (``sample_submission.csv``, else ``test/*.tiff``)."""
     folder = open_dataset(dataset_dir, demo_dir)
     listed = {slide_id: (image, None) for slide_id, image in folder.test_slides().items()}
@@ -175,15 +204,24 @@ def inference_slides(dataset_dir: str, demo_dir: str, cache_dir: str, downscale:
 
 
 @user_errors
-def evaluation_slides(dataset_dir: str, demo_dir: str, cache_dir: str, downscale: int, split: str = "test",
-                      tissue: dict | None = None) -> SlideSet:
+def evaluation_slides(
+    dataset_dir: str, demo_dir: str, cache_dir: str, downscale: int, split: str = "test", tissue: dict | None = None
+) -> SlideSet:
     """Prepare labelled slides to score: ``solution.csv`` with ``test/`` or ``train.csv`` with ``train/``."""
     if split not in ("test", "train"):
         raise DatasetError(f"eval_split must be 'test' (solution.csv) or 'train' (train.csv), got {split!r}")
     folder = open_dataset(dataset_dir, demo_dir)
     csv_name = "solution.csv" if split == "test" else "train.csv"
-    slides = _prepare_all(folder, split, _with_rle(folder.labelled_slides(csv_name, split)), cache_dir, downscale,
-                          tissue, True, share=True)
+    slides = _prepare_all(
+        folder,
+        split,
+        _with_rle(folder.labelled_slides(csv_name, split)),
+        cache_dir,
+        downscale,
+        tissue,
+        True,
+        share=True,
+    )
     if not slides.listed:
         raise DatasetError(f"{folder.root / csv_name}: no usable labelled slides to evaluate")
     return slides
@@ -197,9 +235,9 @@ def report_prepared(slides: SlideSet) -> None:
     """
     names = {code: name for name, code in REGION_CODES.items()}
     for slide in slides.slides:
-        regions = zarr.open_group(slide.store, mode="r")["regions"][:]
+        regions, _ = read_regions(slide.store)
         codes, counts = np.unique(regions, return_counts=True)
-        shares = ", ".join(f"{names[int(c)]} {n / regions.size:.0%}" for c, n in zip(codes, counts))
+        shares = ", ".join(f"{names[int(c)]} {n / regions.size:.0%}" for c, n in zip(codes, counts, strict=True))
         print(f"{slide.slide_id}: {slide.glomeruli} glomeruli; {shares}; {slide.store}")
     print(f"{len(slides.prepared)} slide(s) prepared, {len(slides.failed)} left out")
 
@@ -224,6 +262,8 @@ def report_training(ckpt_dir: str) -> None:
         print(f"training ended before any validation; no model saved in {ckpt_dir}")
         return
     if fields["metric"] is None:
-        print(f"no validation slides (train_on_all): the last epoch's weights (epoch {fields['epoch']}) saved to {model}")
+        print(
+            f"no validation slides (train_on_all): the last epoch's weights (epoch {fields['epoch']}) saved to {model}"
+        )
         return
     print(f"best validation Dice {fields['metric']:.4f} (epoch {fields['epoch']}); model saved to {model}")

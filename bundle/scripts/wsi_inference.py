@@ -35,25 +35,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import tifffile
 import torch
 import zarr
 from ignite.engine import Engine, Events
 from monai.utils import convert_to_tensor
+from skimage.measure import block_reduce
 from tqdm import tqdm
 
 from .annotations import PolygonTracer, write_annotations
 from .distributed import barrier, is_main_process, rank
 from .files import write_csv, write_text_atomic
+from .keys import LOCATION, NUM_WINDOWS, READ_ERROR, SIZE, SLIDE_ID
 from .layout import report_problems
 from .level0 import Level0Mask
-from .metrics import DiceCounts, mean_dice
+from .metrics import mean_dice, rle_dice
 from .outputs import outline_overlay, write_png, write_submission
 from .prepare import PreparedSlide
-from .pyramid import level_shape, write_pyramid
-from .rle import parse_rle
+from .pyramid import write_pyramid
 from .slides import read_thumbnail
 from .stitching import SlideStitchers, slide_windows
+from .store import read_tissue
 
 __all__ = ["ConfidenceCounts", "SlidePredictionWriter", "finished_slides", "window_datalist"]
 
@@ -65,11 +66,6 @@ PRED_COLOUR, TRUTH_COLOUR = (0, 200, 0), (30, 60, 255)
 QUEUE_WINDOWS = 64  # predicted windows waiting for the writer thread, at most
 PENDING_BAND_STEPS = 8  # a slide's band steps queued or running at most (each holds its band) before the writer waits
 UNCERTAIN = (0.2, 0.8)  # probabilities counted as undecided in a slide's confidence
-
-
-def working_shape(slide: PreparedSlide) -> tuple[int, int]:
-    """``(height, width)`` of a slide at the working resolution."""
-    return level_shape(slide.shape, slide.downscale.bit_length() - 1)
 
 
 def window_datalist(slides: Sequence[PreparedSlide], roi: int, overlap: float, skip: Iterable[str] = ()) -> list[dict]:
@@ -90,10 +86,14 @@ def window_datalist(slides: Sequence[PreparedSlide], roi: int, overlap: float, s
     for slide in slides:
         if slide.slide_id in skip:
             continue
-        windows, _ = slide_windows(slide.store, working_shape(slide), slide.downscale, roi, overlap)
+        windows, _ = slide_windows(slide.store, slide.working_shape, slide.downscale, roi, overlap)
         items += [
-            {**slide.as_dict(), "location": [y * slide.downscale, x * slide.downscale], "size": [roi, roi],
-             "num_windows": len(windows)}
+            {
+                **slide.as_dict(),
+                LOCATION: [y * slide.downscale, x * slide.downscale],
+                SIZE: [roi, roi],
+                NUM_WINDOWS: len(windows),
+            }
             for y, x in windows
         ]
     return items
@@ -104,8 +104,11 @@ def finished_slides(output_dir: str, slides: Sequence[PreparedSlide], overwrite:
     if overwrite:
         return set()
     root = Path(output_dir)
-    return {s.slide_id for s in slides if (root / "summaries" / f"{s.slide_id}.json").is_file()
-            and (root / "rle" / f"{s.slide_id}.txt").is_file()}
+    return {
+        s.slide_id
+        for s in slides
+        if (root / "summaries" / f"{s.slide_id}.json").is_file() and (root / "rle" / f"{s.slide_id}.txt").is_file()
+    }
 
 
 @dataclass
@@ -174,10 +177,20 @@ class SlidePredictionWriter:
             level-0 pixels; the mask and the RLE keep every pixel.
     """
 
-    def __init__(self, output_dir: str, slides: Sequence[PreparedSlide], weights: np.ndarray, overlap: float,
-                 threshold: float = 0.5, truth: dict[str, str] | None = None, failed: dict[str, str] | None = None,
-                 listed: Sequence[str] | None = None, done: Iterable[str] = (), save_heatmap: bool = False,
-                 min_area: float = 2000.0) -> None:
+    def __init__(
+        self,
+        output_dir: str,
+        slides: Sequence[PreparedSlide],
+        weights: np.ndarray,
+        overlap: float,
+        threshold: float = 0.5,
+        truth: dict[str, str] | None = None,
+        failed: dict[str, str] | None = None,
+        listed: Sequence[str] | None = None,
+        done: Iterable[str] = (),
+        save_heatmap: bool = False,
+        min_area: float = 2000.0,
+    ) -> None:
         self.output_dir = Path(output_dir)
         self.slides = {slide.slide_id: slide for slide in slides}
         self.stitchers = SlideStitchers(weights, overlap, step=BAND)  # whole chunks of the probability store
@@ -199,8 +212,10 @@ class SlidePredictionWriter:
         self._finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slide-finish")
         # what each final band goes through, a thread per step (bands in order within a step), so the steps
         # overlap one another and the stitching: the store and confidence, the level-0 mask, the polygons
-        self._band_steps = [ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
-                            for name in ("band-store", "band-level0", "band-polygons")]
+        self._band_steps = [
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+            for name in ("band-store", "band-level0", "band-polygons")
+        ]
 
     def attach(self, engine: Engine) -> None:
         """Collect windows after every iteration; finish the run when the evaluator completes."""
@@ -222,8 +237,13 @@ class SlidePredictionWriter:
         items = engine.state.output
         # one copy off the device for the whole batch (on a GPU each copy waits for the device), of plain
         # tensors (stacking MetaTensors costs their metadata's bookkeeping)
-        predictions = torch.stack([convert_to_tensor(item["pred"][0], track_meta=False).detach() for item in items]).float().cpu().numpy()
-        for item, prediction in zip(items, predictions):
+        predictions = (
+            torch.stack([convert_to_tensor(item["pred"][0], track_meta=False).detach() for item in items])
+            .float()
+            .cpu()
+            .numpy()
+        )
+        for item, prediction in zip(items, predictions, strict=True):
             self._queue.put((dict(item["image"].meta), prediction))
 
     def _drain(self) -> None:
@@ -236,10 +256,13 @@ class SlidePredictionWriter:
 
     def _add_window(self, meta: dict, probability: np.ndarray) -> None:
         """Blend one window into its slide, extend its level-0 mask, finish it after its last window."""
-        state = self._state(str(meta["slide_id"]))
+        state = self._state(str(meta[SLIDE_ID]))
         state.bar.update(1)
-        if meta["read_error"]:
-            state.error = state.error or f"a window at {[int(v) for v in meta['location']]} could not be read ({meta['read_error']})"
+        if meta[READ_ERROR]:
+            state.error = (
+                state.error
+                or f"a window at {[int(v) for v in meta['location']]} could not be read ({meta['read_error']})"
+            )
         _, bands, complete = self.stitchers.add(meta, probability)
         for row, band in bands:
             band = np.rint(band * 255).astype(np.uint8)
@@ -269,11 +292,21 @@ class SlidePredictionWriter:
         if slide_id not in self._states:
             slide = self.slides[slide_id]
             probability = zarr.create_array(
-                store=self._work / f"{slide_id}-probability.zarr", shape=working_shape(slide), chunks=(BAND, BAND),
-                dtype=np.uint8, fill_value=0, overwrite=True,
+                store=self._work / f"{slide_id}-probability.zarr",
+                shape=slide.working_shape,
+                chunks=(BAND, BAND),
+                dtype=np.uint8,
+                fill_value=0,
+                overwrite=True,
             )
-            level0 = Level0Mask(slide.shape, slide.downscale, self.threshold, self.output_dir / "masks" / f"{slide_id}.tiff")
-            polygons = PolygonTracer(working_shape(slide), scale=slide.downscale, min_area=self.min_area)
+            level0 = Level0Mask(
+                slide.shape,
+                slide.downscale,
+                self.threshold,
+                self.output_dir / "masks" / f"{slide_id}.tiff",
+                _preview_downsample(slide.shape),
+            )
+            polygons = PolygonTracer(slide.working_shape, scale=slide.downscale, min_area=self.min_area)
             bar = tqdm(desc=slide_id, unit="window", leave=False)
             self._states[slide_id] = _SlideState(slide, probability, level0, polygons, bar)
         return self._states[slide_id]
@@ -300,26 +333,40 @@ class SlidePredictionWriter:
     def _write_slide(self, state: _SlideState) -> None:
         """Every result of one slide; the summary last, so a slide with a summary is complete."""
         slide, probability, name = state.slide, state.probability, state.slide.slide_id
-        thumbnail, thumb_scale = read_thumbnail(slide.image, _preview_downsample(slide.shape))
+        preview_downsample = state.level0.preview_downsample
+        thumbnail, thumb_scale = read_thumbnail(slide.image, preview_downsample)
+        if thumb_scale < preview_downsample:  # the slide has no level that coarse: pool it there (glass pads)
+            factor = preview_downsample // thumb_scale
+            thumbnail = block_reduce(thumbnail, (factor, factor, 1), np.mean, cval=255).astype(np.uint8)
         truth = self.truth.get(name) if self.truth is not None else None
-        rle, counts, truth_thumb = state.level0.finish(truth, thumb_scale, name)
+        rle, counts, predicted_thumb, truth_thumb = state.level0.finish(truth, name)
         state.polygons.close()  # the rows of tiles left (a slide without windows: all)
         polygons = state.polygons.polygons
         write_annotations(self.output_dir / "glomeruli" / f"{name}.geojson", polygons)
         if self.save_heatmap:
-            write_pyramid(self.output_dir / "heatmaps" / f"{name}.tiff", lambda y0, y1: probability[y0:y1],
-                          probability.shape, channels=1, compression="zlib")
-        # the mask TIFF's pyramid holds the prediction at the preview's scale already (max-reduced)
-        predicted_thumb = tifffile.imread(self.output_dir / "masks" / f"{name}.tiff", level=thumb_scale.bit_length() - 1)
+            write_pyramid(
+                self.output_dir / "heatmaps" / f"{name}.tiff",
+                lambda y0, y1: probability[y0:y1],
+                probability.shape,
+                channels=1,
+                compression="zlib",
+            )
         outlines = [(truth_thumb, TRUTH_COLOUR)] if truth_thumb is not None else []
-        write_png(self.output_dir / "previews" / f"{name}.png",
-                  outline_overlay(thumbnail, [*outlines, (predicted_thumb > 0, PRED_COLOUR)]))
+        write_png(
+            self.output_dir / "previews" / f"{name}.png",
+            outline_overlay(thumbnail, [*outlines, (predicted_thumb > 0, PRED_COLOUR)]),
+        )
         write_text_atomic(self.output_dir / "rle" / f"{name}.txt", rle)
-        tissue = zarr.open_group(slide.store, mode="r")["tissue"][:]
+        tissue, _ = read_tissue(slide.store)
         summary = {
-            "id": name, "width": slide.shape[1], "height": slide.shape[0], "glomeruli": len(polygons),
-            "glomerulus_pixels": state.level0.area, "tissue_fraction": round(float(np.mean(tissue > 0)), 4),
-            "seconds": round(time.monotonic() - state.started, 1), "rank": rank(),
+            "id": name,
+            "width": slide.shape[1],
+            "height": slide.shape[0],
+            "glomeruli": len(polygons),
+            "glomerulus_pixels": state.level0.area,
+            "tissue_fraction": round(float(np.mean(tissue > 0)), 4),
+            "seconds": round(time.monotonic() - state.started, 1),
+            "rank": rank(),
         }
         summary["confidence"] = round(state.confidence.value, 4)
         if counts is not None:
@@ -351,7 +398,7 @@ class SlidePredictionWriter:
 
     def _finish_empty_slide(self, state: _SlideState) -> None:
         """A slide without a tissue window: an empty prediction, its rows made a band at a time."""
-        height, width = working_shape(state.slide)
+        height, width = state.slide.working_shape
         for row in range(0, height, BAND):
             state.level0.extend(np.zeros((min(BAND, height - row), width), np.uint8))
         self._finish_slide(state)
@@ -370,26 +417,25 @@ class SlidePredictionWriter:
         """``submission.csv`` from every listed slide's RLE file (empty where a slide failed), and metrics."""
         predictions, dice = {}, {}
         for slide_id in self.listed:
-            rle, summary = self.output_dir / "rle" / f"{slide_id}.txt", self.output_dir / "summaries" / f"{slide_id}.json"
+            rle, summary = (
+                self.output_dir / "rle" / f"{slide_id}.txt",
+                self.output_dir / "summaries" / f"{slide_id}.json",
+            )
             complete = rle.is_file() and summary.is_file()
             predictions[slide_id] = rle.read_text() if complete else ""
             if complete and "dice" in (fields := json.loads(summary.read_text())):
                 dice[slide_id] = fields["dice"]
         submission = write_submission(self.output_dir / "submission.csv", predictions)
         missing = [s for s in self.listed if not predictions[s] and s in self.failed]
-        print(f"segmented {len(self.listed) - len(missing)} of {len(self.listed)} slide(s): {submission}; masks, "
-              f"glomeruli (GeoJSON), previews and summaries in {self.output_dir}")
+        print(
+            f"segmented {len(self.listed) - len(missing)} of {len(self.listed)} slide(s): {submission}; masks, "
+            f"glomeruli (GeoJSON), previews and summaries in {self.output_dir}"
+        )
         if self.truth is not None:
             mean = mean_dice(dice)
             rows = [(slide_id, f"{value:.4f}") for slide_id, value in dice.items()] + [("mean", f"{mean:.4f}")]
             path = write_csv(self.output_dir / "metrics.csv", ("id", "dice"), rows)
             print(f"Dice (Kaggle, level 0): mean {mean:.4f} over {len(dice)} slide(s); per slide in {path}")
-
-
-def rle_dice(predicted: str, truth: str, shape: tuple[int, int]) -> float:
-    """Kaggle Dice of two RLE masks of one slide, from their runs."""
-    num_pixels = shape[0] * shape[1]
-    return DiceCounts.from_runs(parse_rle(predicted, num_pixels), parse_rle(truth, num_pixels)).dice
 
 
 def _preview_downsample(shape: tuple[int, int]) -> int:
