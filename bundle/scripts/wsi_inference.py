@@ -260,8 +260,7 @@ class SlidePredictionWriter:
         state.bar.update(1)
         if meta[READ_ERROR]:
             state.error = (
-                state.error
-                or f"a window at {[int(v) for v in meta['location']]} could not be read ({meta['read_error']})"
+                state.error or f"a window at {[int(v) for v in meta[LOCATION]]} could not be read ({meta[READ_ERROR]})"
             )
         _, bands, complete = self.stitchers.add(meta, probability)
         for row, band in bands:
