@@ -28,6 +28,7 @@ pytestmark = pytest.mark.slow  # the integration tier: bundle runs in subprocess
 
 CONFIGS = BUNDLE / "configs"
 FAST = ["--patch_size", "128", "--batch_size", "4", "--infer_roi", "128", "--num_workers", "0"]
+ONE_EPOCH = ["--max_epochs", "1", "--val_interval", "1", "--random_patches_per_slide", "2"]  # a tiny training run
 
 
 def bundle_run(run_id: str, configs: list[str], *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -55,12 +56,7 @@ def trained(tmp_path_factory):
         *FAST,
         "--output_dir",
         str(root / "logs"),
-        "--max_epochs",
-        "1",
-        "--val_interval",
-        "1",
-        "--random_patches_per_slide",
-        "2",
+        *ONE_EPOCH,
     )
     return root, flags, result
 
@@ -325,12 +321,7 @@ def test_pseudo_labels_are_written_and_trained_on(trained, tmp_path):
         *FAST,
         "--output_dir",
         str(tmp_path / "logs"),
-        "--max_epochs",
-        "1",
-        "--val_interval",
-        "1",
-        "--random_patches_per_slide",
-        "2",
+        *ONE_EPOCH,
         "--pseudo_label_csv",
         str(out / "pseudo_labels.csv"),
     )
@@ -481,12 +472,7 @@ def test_training_folds_fine_tunes_every_fold_from_a_model_into_an_ensemble(trai
         *FAST,
         "--output_dir",
         str(tmp_path / "logs"),
-        "--max_epochs",
-        "1",
-        "--val_interval",
-        "1",
-        "--random_patches_per_slide",
-        "2",
+        *ONE_EPOCH,
         "--num_folds",
         "2",
         "--init_ckpt",
