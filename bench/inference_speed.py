@@ -52,6 +52,7 @@ import torch
 
 from common import BUNDLE, cpu_seconds, peak_rss_mib, tiled_slide
 from scripts.checkpoints import checkpoint_files
+from scripts.outputs import RunOutputs
 
 CONFIG = BUNDLE / "configs" / "inference.yaml"
 VARIANTS = ("ours", "network", "stock", "stock_mixed")
@@ -261,7 +262,7 @@ def main() -> None:
                 slide, source, args.rows, args.cols, args.glass, compression=args.slide_compression
             )
         runs = [measure_once(args, work) for _ in range(args.repeats)]
-        tissue = json.loads((work / "ours" / "summaries" / "bench.json").read_text())["tissue_fraction"]
+        tissue = RunOutputs(work / "ours").read_summary("bench")["tissue_fraction"]
     ours, network, stock, stock_mixed = (median_run([run[variant] for run in runs]) for variant in VARIANTS)
     megapixels = height * width / 1e6
     print(

@@ -24,9 +24,8 @@ from scripts.metrics import (
 from scripts.prepare import prepare_slide
 from scripts.pyramid import pool_mask
 from scripts.rle import rle_encode
-from scripts.stitching import SlideStitchers, blend_weights
+from scripts.stitching import SlideStitchers, TissueWindows
 from scripts.store import LABEL, read_window
-from scripts.wsi_inference import window_datalist
 
 
 def masks(prediction_rows, truth_rows):
@@ -88,10 +87,10 @@ def labelled(tmp_path):
     return slides
 
 
-def window_outputs(slides, predict):
+def window_outputs(windows, predict):
     """Evaluator-style outputs: one item per window, ``pred`` from ``predict(label window)``."""
     outputs = []
-    for item in window_datalist(slides, ROI, OVERLAP):
+    for item in windows.datalist:
         meta = {**item, "location": np.asarray(item["location"])}
         y, x = (v // item["downscale"] for v in item["location"])
         label = read_window(item["store"], LABEL, y, x, ROI, ROI).astype(np.float32)
@@ -102,23 +101,26 @@ def window_outputs(slides, predict):
 
 
 def test_slide_dice_of_perfect_windows_is_one_per_slide(labelled):
-    metric = SlideDice(blend_weights(ROI, "gaussian", OVERLAP), OVERLAP)
-    metric.update(window_outputs(labelled, lambda label: label))
+    windows = TissueWindows(labelled, ROI, OVERLAP)
+    metric = SlideDice(windows)
+    metric.update(window_outputs(windows, lambda label: label))
     assert metric.per_slide() == {"s1": 1.0, "s2": 1.0} and metric.compute() == 1.0
 
 
 def test_slide_dice_scores_each_slide_whole_and_averages_slides(labelled):
-    metric = SlideDice(blend_weights(ROI, "centre", OVERLAP), OVERLAP, threshold=0.5)
-    outputs = window_outputs(labelled, lambda label: label)
+    windows = TissueWindows(labelled, ROI, OVERLAP, "centre")
+    metric = SlideDice(windows, threshold=0.5)
+    outputs = window_outputs(windows, lambda label: label)
     empty = [{**o, "pred": torch.zeros_like(o["pred"])} if o["image"].meta["slide_id"] == "s2" else o for o in outputs]
     metric.update(empty)
     assert metric.per_slide() == {"s1": 1.0, "s2": 0.0} and metric.compute() == 0.5
 
 
 def test_slide_dice_attached_to_an_engine_resets_each_run(labelled):
-    outputs = window_outputs(labelled[:1], lambda label: label)
+    windows = TissueWindows(labelled[:1], ROI, OVERLAP)
+    outputs = window_outputs(windows, lambda label: label)
     engine = Engine(lambda engine, batch: batch)
-    SlideDice(blend_weights(ROI, "gaussian", OVERLAP), OVERLAP).attach(engine, "dice")
+    SlideDice(windows).attach(engine, "dice")
     engine.run([outputs[i : i + 3] for i in range(0, len(outputs), 3)])
     assert engine.state.metrics["dice"] == 1.0
     zeros = [{**o, "pred": torch.zeros_like(o["pred"])} for o in outputs]
@@ -137,9 +139,9 @@ def test_any_pooling_band_by_band_equals_pooling_the_whole_mask():
     assert [map_downsample(shape, 64) for shape in ((64, 10), (65, 10), (10, 200), (1, 1))] == [1, 2, 4, 1]
 
 
-def stitched_slides(outputs, weights, threshold=0.5):
+def stitched_slides(outputs, windows, threshold=0.5):
     """Reference: each slide's whole stitched prediction (thresholded) and its whole label."""
-    stitchers, full = SlideStitchers(weights, OVERLAP), {}
+    stitchers, full = SlideStitchers(windows), {}
     for output in outputs:
         meta = output["image"].meta
         _, bands, _ = stitchers.add(meta, output["pred"][0].numpy())
@@ -155,12 +157,12 @@ def stitched_slides(outputs, weights, threshold=0.5):
 
 @pytest.mark.parametrize("map_size, downsample", [(20, 16), (64, 4), (1000, 1)])
 def test_error_maps_are_the_pooled_whole_slide_masks_and_leave_dice_unchanged(labelled, map_size, downsample):
-    weights = blend_weights(ROI, "gaussian", OVERLAP)
-    outputs = window_outputs(labelled, lambda label: np.roll(label, 6, axis=1))  # misses and false alarms
-    metric, plain = SlideDice(weights, OVERLAP, map_size=map_size), SlideDice(weights, OVERLAP, map_size=None)
+    windows = TissueWindows(labelled, ROI, OVERLAP)
+    outputs = window_outputs(windows, lambda label: np.roll(label, 6, axis=1))  # misses and false alarms
+    metric, plain = SlideDice(windows, map_size=map_size), SlideDice(windows, map_size=None)
     metric.update(outputs)
     plain.update(outputs)
-    reference = stitched_slides(outputs, weights)
+    reference = stitched_slides(outputs, windows)
     maps, stores = metric.error_maps(), {s.slide_id: s.store for s in labelled}
     assert sorted(maps) == ["s1", "s2"] and plain.error_maps() == {}
     for slide, (prediction, truth) in reference.items():
@@ -175,8 +177,9 @@ def test_error_maps_are_the_pooled_whole_slide_masks_and_leave_dice_unchanged(la
 
 
 def test_error_maps_are_cleared_with_each_run(labelled):
-    outputs = window_outputs(labelled[:1], lambda label: label)
-    metric = SlideDice(blend_weights(ROI, "gaussian", OVERLAP), OVERLAP, map_size=64)
+    windows = TissueWindows(labelled[:1], ROI, OVERLAP)
+    outputs = window_outputs(windows, lambda label: label)
+    metric = SlideDice(windows, map_size=64)
     engine = Engine(lambda engine, batch: batch)
     metric.attach(engine, "dice")
     engine.run([outputs])

@@ -31,9 +31,8 @@ from scripts.reports import (
     error_overlay,
 )
 from scripts.rle import rle_encode
-from scripts.stitching import blend_weights
+from scripts.stitching import TissueWindows
 from scripts.store import LABEL, read_window
-from scripts.wsi_inference import window_datalist
 
 # --- training curves -----------------------------------------------------------------------------
 
@@ -166,7 +165,7 @@ def slide(tmp_path_factory):
 def window_outputs(prepared, predict, drop_image=False):
     """Evaluator-style outputs: one item per window, ``pred`` from ``predict(label window)``."""
     outputs = []
-    for item in window_datalist([prepared], ROI, OVERLAP):
+    for item in TissueWindows([prepared], ROI, OVERLAP).datalist:
         meta = {**item, "location": np.asarray(item["location"])}
         if drop_image:
             meta.pop("image")
@@ -181,9 +180,9 @@ def window_outputs(prepared, predict, drop_image=False):
     return outputs
 
 
-def validate(outputs, handler, map_size=64):
+def validate(prepared, outputs, handler, map_size=64):
     engine = Engine(lambda engine, batch: batch)
-    metric = SlideDice(blend_weights(ROI, "gaussian", OVERLAP), OVERLAP, map_size=map_size)
+    metric = SlideDice(TissueWindows([prepared], ROI, OVERLAP), map_size=map_size)
     metric.attach(engine, "val_dice")
     handler = handler(metric)
     handler.attach(engine)
@@ -210,7 +209,7 @@ def test_error_maps_picture_each_slide_over_its_thumbnail(tmp_path, slide):
     prepared, image = slide
     outputs = window_outputs(prepared, lambda label: np.roll(label, 6, axis=1))
     out = tmp_path / "validation"
-    _, metric, _ = validate(outputs, lambda metric: ValidationErrorMaps(str(out), metric))
+    _, metric, _ = validate(prepared, outputs, lambda metric: ValidationErrorMaps(str(out), metric))
     maps = metric.error_maps()["s1"]
     assert maps.downsample == 4 and maps.prediction.shape == (50, 63)
     picture = read_png(out / "s1_errors.png")
@@ -234,15 +233,16 @@ def test_error_maps_follow_the_best_model_and_survive_a_resumed_run(tmp_path, sl
     prepared, _ = slide
     out = tmp_path / "validation"
     shifted = window_outputs(prepared, lambda label: np.roll(label, 6, axis=1))
-    validate(shifted, lambda metric: ValidationErrorMaps(str(out), metric))
+    validate(prepared, shifted, lambda metric: ValidationErrorMaps(str(out), metric))
     first = (out / "s1_errors.png").read_bytes()
     empty = [{**o, "pred": torch.zeros_like(o["pred"])} for o in shifted]
-    validate(empty, lambda metric: ValidationErrorMaps(str(out), metric))  # worse: a resumed run keeps the best
+    # worse: a resumed run keeps the best
+    validate(prepared, empty, lambda metric: ValidationErrorMaps(str(out), metric))
     assert (out / "s1_errors.png").read_bytes() == first
-    validate(empty, lambda metric: ValidationErrorMaps(str(out), metric, only_best=False))
+    validate(prepared, empty, lambda metric: ValidationErrorMaps(str(out), metric, only_best=False))
     assert (out / "s1_errors.png").read_bytes() != first
     perfect = window_outputs(prepared, lambda label: label)
-    validate(perfect, lambda metric: ValidationErrorMaps(str(out), metric))
+    validate(prepared, perfect, lambda metric: ValidationErrorMaps(str(out), metric))
     overlay = read_png(out / "s1_errors.png")[:50, :63]
     assert not (overlay == FP_COLOUR).all(-1).any() and not (overlay == FN_COLOUR).all(-1).any()
     assert json.loads((out / "errors.json").read_text())["val_dice"] == 1.0
@@ -252,7 +252,7 @@ def test_error_maps_follow_the_best_model_and_survive_a_resumed_run(tmp_path, sl
 def test_error_maps_without_a_readable_slide_draw_the_tissue_mask(tmp_path, slide):
     prepared, _ = slide
     outputs = window_outputs(prepared, lambda label: np.roll(label, 6, axis=1), drop_image=True)
-    _, metric, _ = validate(outputs, lambda metric: ValidationErrorMaps(str(tmp_path), metric))
+    _, metric, _ = validate(prepared, outputs, lambda metric: ValidationErrorMaps(str(tmp_path), metric))
     maps = metric.error_maps()["s1"]
     overlay = read_png(tmp_path / "s1_errors.png")[:50, :63]
     plain = overlay[~maps.prediction & ~maps.truth]
@@ -262,7 +262,9 @@ def test_error_maps_without_a_readable_slide_draw_the_tissue_mask(tmp_path, slid
 def test_tensorboard_panels_show_the_same_labelled_windows_at_each_validation(tmp_path, slide):
     prepared, _ = slide
     outputs = window_outputs(prepared, lambda label: np.roll(label, 6, axis=1))
-    engine, _, images = validate(outputs, lambda metric: ValidationImages(str(tmp_path), per_slide=2, max_windows=3))
+    engine, _, images = validate(
+        prepared, outputs, lambda metric: ValidationImages(str(tmp_path), per_slide=2, max_windows=3)
+    )
     engine.run([outputs[i : i + 4] for i in range(0, len(outputs), 4)])  # a second validation
     images.close()
     assert len(images.windows) == 2 and all(w[0] == "s1" for w in images.windows)
@@ -318,12 +320,9 @@ def test_handlers_on_a_monai_evaluator_reading_the_slide(tmp_path, slide):
     from scripts.datasets import SlideRegionDataset
 
     prepared, _ = slide
-    dataset = SlideRegionDataset(
-        window_datalist([prepared], ROI, OVERLAP),
-        transform=ScaleIntensityRanged("image", 0, 255, 0.0, 1.0),
-        additional_meta_keys=["num_windows"],
-    )
-    metric = SlideDice(blend_weights(ROI, "gaussian", OVERLAP), OVERLAP, map_size=64)
+    windows = TissueWindows([prepared], ROI, OVERLAP)
+    dataset = SlideRegionDataset(windows.datalist, transform=ScaleIntensityRanged("image", 0, 255, 0.0, 1.0))
+    metric = SlideDice(windows, map_size=64)
     maps_handler = ValidationErrorMaps(str(tmp_path / "validation"), metric)
     images = ValidationImages(str(tmp_path / "tb"), per_slide=1)
     evaluator = SupervisedEvaluator(

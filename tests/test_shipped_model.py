@@ -37,8 +37,10 @@ def test_inference_runs_the_shipped_fold_ensemble_by_default_and_the_zoo_finds_i
     for path in [*members, MODELS / "model.pt"]:
         weights = torch.load(path, weights_only=True)
         assert {value.dtype for value in weights.values() if value.is_floating_point()} == {torch.float16}
-    validated = [json.loads((path.parent / "best.json").read_text())["metric"] for path in members]
-    assert all(metric is not None and 0 < metric <= 1 for metric in validated)
+    records = [json.loads((path.parent / "best.json").read_text()) for path in [*members, MODELS / "model.pt"]]
+    assert all(record["metric"] is not None and 0 < record["metric"] <= 1 for record in records[:-1])
+    defaults = ConfigParser.load_config_file(str(CONFIGS / "inference.yaml"))
+    assert {record["downscale"] for record in records} == {defaults["downscale"]}  # inference checks it
     network = shipped_network()
     assert isinstance(network, torch.nn.ModuleList) and len(network) == len(members)
     first = next(network[0].parameters())

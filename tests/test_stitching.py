@@ -1,11 +1,14 @@
-"""Blending windows band by band (scripts/stitching.py): the rows released, and their alignment."""
+"""Windows and blending (scripts/stitching.py): the tissue windows of a run, the rows released band
+by band, and their alignment."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from scripts.stitching import BandStitcher, blend_weights, window_starts
+from conftest import disc_slide, write_slide
+from scripts.prepare import prepare_slide
+from scripts.stitching import BandStitcher, TissueWindows, blend_weights, window_starts
 
 HEIGHT, WIDTH, ROI, OVERLAP = 1000, 300, 128, 0.25
 
@@ -42,3 +45,26 @@ def test_windows_out_of_row_order_are_refused():
     list(stitcher.add(np.ones((ROI, ROI), np.float32), 300, 0))
     with pytest.raises(ValueError, match="row order"):
         list(stitcher.add(np.ones((ROI, ROI), np.float32), 100, 0))
+
+
+def test_windows_cover_tissue_only_and_the_datalist_is_the_stitchers_grid(tmp_path):
+    image, _ = disc_slide(shape=(1000, 1200), discs=((260, 300, 90), (600, 700, 70), (700, 300, 100)))
+    image[:, 900:] = 241  # glass on the right: the windows there are never run
+    blank = np.full((600, 700, 3), 241, np.uint8)  # glass only: no tissue window at all
+    prepared = [
+        prepare_slide("s1", write_slide(tmp_path / "s1.tiff", image), tmp_path / "cache", 2),
+        prepare_slide("empty", write_slide(tmp_path / "empty.tiff", blank), tmp_path / "cache", 2),
+    ]
+    windows = TissueWindows(prepared, 128, 0.25)
+    data = windows.datalist
+    assert {item["slide_id"] for item in data} == {"s1"}  # the blank slide has no tissue window
+    assert len(windows.grids["s1"].run) == len(data) and windows.grids["empty"].run == []
+    assert [[y * 2, x * 2] for y, x in windows.grids["s1"].run] == [item["location"] for item in data]
+    columns = sorted({item["location"][1] // 2 for item in data})
+    assert columns[-1] < 450  # working columns from 450 on are glass
+    covered = np.zeros((500, 600), bool)
+    for item in data:
+        y, x = (v // 2 for v in item["location"])
+        covered[y : y + 128, x : x + 128] = True
+    assert covered[130, 150] and covered[300, 350] and covered[350, 150]  # every disc centre
+    assert TissueWindows(prepared, 128, 0.25, skip={"s1"}).datalist == []  # a done slide is not run

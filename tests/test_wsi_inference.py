@@ -22,15 +22,12 @@ from monai.transforms import Activationsd, Compose, ScaleIntensityRanged
 from conftest import disc_slide, write_slide
 from scripts.annotations import PolygonTracer, rasterize, read_annotations
 from scripts.datasets import SlideRegionDataset
+from scripts.outputs import RunOutputs
 from scripts.prepare import prepare_slide
 from scripts.rle import rle_decode, rle_encode
 from scripts.slides import read_thumbnail
-from scripts.stitching import SlideStitchers, blend_weights
-from scripts.wsi_inference import (
-    SlidePredictionWriter,
-    finished_slides,
-    window_datalist,
-)
+from scripts.stitching import SlideStitchers, TissueWindows
+from scripts.wsi_inference import SlidePredictionWriter, finished_slides
 
 DISCS = ((260, 300, 90), (600, 700, 70), (700, 300, 100))
 
@@ -57,12 +54,11 @@ def slides(tmp_path):
     return prepared, mask, image
 
 
-def run_inference(slides, output_dir, roi=128, overlap=0.25, blend="gaussian", **writer_args):
-    data = window_datalist(slides, roi, overlap, skip=writer_args.get("done", ()))
-    dataset = SlideRegionDataset(
-        data, transform=ScaleIntensityRanged("image", 0, 255, 0.0, 1.0), additional_meta_keys=["num_windows"]
-    )
-    writer = SlidePredictionWriter(str(output_dir), slides, blend_weights(roi, blend, overlap), overlap, **writer_args)
+def run_inference(slides, output_dir, roi=128, overlap=0.25, blend="gaussian", done=(), **writer_args):
+    windows = TissueWindows(slides, roi, overlap, blend, skip=done)
+    data = windows.datalist
+    dataset = SlideRegionDataset(data, transform=ScaleIntensityRanged("image", 0, 255, 0.0, 1.0))
+    writer = SlidePredictionWriter(str(output_dir), slides, windows, **writer_args)
     evaluator = SupervisedEvaluator(
         device=torch.device("cpu"),
         val_data_loader=DataLoader(dataset, batch_size=3),
@@ -73,20 +69,6 @@ def run_inference(slides, output_dir, roi=128, overlap=0.25, blend="gaussian", *
     )
     evaluator.run() if len(dataset) else writer.finish()
     return data, writer
-
-
-def test_windows_cover_tissue_only(slides):
-    prepared, _, _ = slides
-    data = window_datalist(prepared, 128, 0.25)
-    assert {item["slide_id"] for item in data} == {"s1"}  # the blank slide has no tissue window
-    assert all(item["num_windows"] == len(data) for item in data)
-    columns = sorted({item["location"][1] // 2 for item in data})
-    assert columns[-1] < 450  # working columns from 450 on are glass
-    covered = np.zeros((500, 600), bool)
-    for item in data:
-        y, x = (v // 2 for v in item["location"])
-        covered[y : y + 128, x : x + 128] = True
-    assert covered[130, 150] and covered[300, 350] and covered[350, 150]  # every disc centre
 
 
 def test_every_output_agrees_with_the_truth_and_with_each_other(slides, tmp_path):
@@ -222,3 +204,53 @@ def test_a_band_step_that_fails_fails_its_slide_only(slides, tmp_path, monkeypat
     assert "MemoryError: no room for the rows" in writer.failed["s1"] and "s2" not in writer.failed
     assert not (tmp_path / "out" / "summaries" / "s1.json").exists()
     assert json.loads((tmp_path / "out" / "summaries" / "s2.json").read_text())["glomeruli"] == 3
+
+
+def test_a_mask_tiff_that_cannot_be_written_fails_its_slide_only_and_nothing_waits(slides, tmp_path, monkeypatch):
+    """The mask TIFF reads its rows in a thread of its own: when it fails (a full disk), the rows' maker
+    must not wait for it for ever, the error is the slide's, and the next slide's results are written."""
+    prepared, _, image = slides
+    second = prepare_slide("s2", write_slide(tmp_path / "s2.tiff", image), tmp_path / "cache", 2)
+    write_mask = RunOutputs.write_mask
+
+    def disk_full(self, slide_id, read_rows, shape):
+        if slide_id == "s1":
+            read_rows(0, 16)
+            raise OSError("No space left on device")
+        return write_mask(self, slide_id, read_rows, shape)
+
+    monkeypatch.setattr(RunOutputs, "write_mask", disk_full)
+    run = threading.Thread(target=run_inference, args=([prepared[0], second], tmp_path / "out"), daemon=True)
+    run.start()
+    run.join(timeout=120)
+    assert not run.is_alive()
+    summaries = tmp_path / "out" / "summaries"
+    assert not (summaries / "s1.json").exists() and not (tmp_path / "out" / "masks" / "s1.tiff").exists()
+    assert json.loads((summaries / "s2.json").read_text())["glomeruli"] == 3
+    assert (tmp_path / "out" / "submission.csv").read_text().startswith("id,predicted\ns1,\ns2,")
+
+
+def test_a_stitching_error_ends_the_run_with_that_error_and_nothing_waits(slides, tmp_path, monkeypatch):
+    """An error in the writer's own thread (a bug, not a slide's fault) is raised by the run once the
+    queue is drained, and the open slide's mask TIFF writer, waiting for rows, is stopped first."""
+    prepared, _, _ = slides
+    add_window, calls, raised = SlideStitchers.add, [], []
+
+    def fail_third(self, meta, probability):
+        calls.append(meta["slide_id"])
+        if len(calls) == 3:
+            raise ValueError("windows out of order")
+        return add_window(self, meta, probability)
+
+    def run():
+        try:
+            run_inference(prepared, tmp_path / "out")
+        except ValueError as error:
+            raised.append(str(error))
+
+    monkeypatch.setattr(SlideStitchers, "add", fail_third)
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout=120)
+    assert not thread.is_alive() and raised == ["windows out of order"]
+    assert not (tmp_path / "out" / "masks" / "s1.tiff").exists()

@@ -2,9 +2,8 @@
 
 A datalist item is a :class:`scripts.prepare.PreparedSlide` as a dict (:data:`SLIDE_ID`,
 :data:`IMAGE`, :data:`SHAPE`, :data:`DOWNSCALE`, :data:`STORE`: its field names) plus where the
-window is (:data:`LOCATION`, :data:`SIZE`: MONAI's ``WSIPatchKeys``) and, for inference and
-validation windows, :data:`NUM_WINDOWS` (the slide's window count, which tells the stitcher when a
-slide is complete). :class:`scripts.datasets.SlideRegionDataset` copies :data:`WINDOW_META_KEYS` into
+window is (:data:`LOCATION`, :data:`SIZE`: MONAI's ``WSIPatchKeys``).
+:class:`scripts.datasets.SlideRegionDataset` copies :data:`WINDOW_META_KEYS` into
 each window's metadata and adds :data:`PATH` (MONAI's) and :data:`READ_ERROR`.
 """
 
@@ -16,7 +15,6 @@ __all__ = [
     "DOWNSCALE",
     "IMAGE",
     "LOCATION",
-    "NUM_WINDOWS",
     "PATH",
     "READ_ERROR",
     "SHAPE",
@@ -34,7 +32,6 @@ STORE = "store"
 LOCATION = WSIPatchKeys.LOCATION.value  # level-0 (y, x) of the window's top left corner
 SIZE = WSIPatchKeys.SIZE.value  # (height, width) at the working resolution
 PATH = WSIPatchKeys.PATH.value
-NUM_WINDOWS = "num_windows"
 READ_ERROR = "read_error"  # empty when the window was read; else why it reads as glass
 
 WINDOW_META_KEYS = (SLIDE_ID, STORE, DOWNSCALE, SHAPE)  # copied from the datalist item into the metadata

@@ -4,15 +4,14 @@ Each time rows of a slide's probabilities become final, the rows of the level-0 
 on them only are made (bilinear upsampling, then the threshold). Only blocks around pixels above
 the threshold are made at all (bilinear values never exceed their neighbours'), a small part of a
 slide. Their runs go straight into the Kaggle RLE (column-major, joined across bands when the
-slide is complete) and the blocks go to a thread that writes the pyramidal mask TIFF as rows
-come; making rows waits when that thread falls two tiles behind. The level-0 mask itself is never
-stored.
+slide is complete) and the blocks are held for the reader of :meth:`Level0Mask.read_rows` (the
+mask TIFF's writer, which :mod:`scripts.wsi_inference` runs in a thread of its own as rows come);
+making rows waits when that reader falls two tiles behind. The level-0 mask itself is never stored.
 """
 
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -20,14 +19,13 @@ import torch
 import torch.nn.functional as F
 
 from .metrics import DiceCounts
-from .outputs import write_mask_tiff
 from .prepare import working_shape
 from .pyramid import pool_mask
 from .rle import BlockRunEncoder, decode_columns, parse_rle, runs_to_rle
 
 __all__ = ["Level0Mask", "Level0Result", "upsample_threshold"]
 
-HELD_ROWS = 1024  # level-0 rows made but not yet in the TIFF at which the writer waits (the TIFF reads 512 at a time)
+HELD_ROWS = 1024  # level-0 rows made but not yet read at which making rows waits (the TIFF reads 512 at a time)
 COLUMNS = 1024  # level-0 columns per step when a truth is decoded for the preview
 GROUP_GAP = 32  # working columns of glass between two groups of columns that are upsampled apart
 
@@ -85,8 +83,8 @@ def _column_groups(hot_columns: np.ndarray, gap: int = GROUP_GAP) -> list[tuple[
 
 
 class _HeldRows:
-    """Level-0 rows on their way from the slide's writer to its TIFF thread: the blocks of
-    foreground made so far, kept until the TIFF thread has read past them.
+    """Level-0 rows on their way from the thread that makes them to the thread that reads them (the
+    mask TIFF's writer): the blocks of foreground made so far, kept until the reader has read past them.
 
     Args:
         shape: the slide's level-0 ``(height, width)``.
@@ -98,7 +96,7 @@ class _HeldRows:
         self.shape, self.limit = shape, limit
         self._blocks: list[tuple[int, int, np.ndarray]] = []  # (top, left, bool block)
         self._made = 0  # rows made (final)
-        self._read = 0  # rows the TIFF thread has read
+        self._read = 0  # rows the reader has read
         self._aborted = False
         self._changed = threading.Condition()
 
@@ -154,14 +152,11 @@ class Level0Mask:
         shape: the slide's level-0 ``(height, width)``.
         scale: level-0 pixels per working pixel.
         threshold: probability threshold.
-        tiff: path of the pyramidal mask TIFF to write.
         preview_downsample: level-0 pixels per preview pixel; the mask is pooled to it as it is made,
-            so the preview never reads the TIFF back.
+            so the preview never reads the mask TIFF back.
     """
 
-    def __init__(
-        self, shape: tuple[int, int], scale: int, threshold: float, tiff: Path, preview_downsample: int
-    ) -> None:
+    def __init__(self, shape: tuple[int, int], scale: int, threshold: float, preview_downsample: int) -> None:
         self.shape, self.scale, self.threshold = shape, scale, threshold
         self.area = 0
         self.preview_downsample = preview_downsample
@@ -172,9 +167,6 @@ class Level0Mask:
         self._received = 0  # working rows given to extend()
         self._working_done = 0  # working rows already turned into level-0 rows
         self._context = np.zeros((0, working_width), np.uint8)  # working rows [max(done - 1, 0), received)
-        self._tiff_error: BaseException | None = None
-        self._tiff = threading.Thread(target=self._write_tiff, args=(tiff,), name="mask-tiff", daemon=True)
-        self._tiff.start()
 
     def extend(self, band: np.ndarray) -> None:
         """Take the next final working rows and make the level-0 rows they decide.
@@ -196,7 +188,7 @@ class Level0Mask:
         self._context = source[max(self._working_done - 1, 0) - first :]
 
     def _add_blocks(self, found: list[tuple[np.ndarray, int, int]], y0: int, y1: int) -> None:
-        """Count and encode level-0 rows ``[y0, y1)`` (their foreground ``found``) and hand them to the TIFF thread."""
+        """Count and encode level-0 rows ``[y0, y1)`` (their foreground ``found``) and hand them to the reader."""
         blocks = []
         for block, top, left in found:
             top += y0
@@ -216,13 +208,17 @@ class Level0Mask:
         row, col = top // factor, left // factor
         self._preview[row : row + pooled.shape[0], col : col + pooled.shape[1]] |= pooled
 
+    def read_rows(self, y0: int, y1: int) -> np.ndarray:
+        """Level-0 rows ``[y0, y1)`` as ``uint8`` 0/1, once they are made; for one reader (a writer of the
+        mask, in another thread), top to bottom. Raises RuntimeError once the slide is abandoned."""
+        return self._rows.read(y0, y1)
+
     def abort(self) -> None:
-        """Stop the TIFF thread (the slide failed); its temporary file is removed."""
+        """Abandon the slide (it failed): a reader waiting in :meth:`read_rows`, and the rows' maker, stop waiting."""
         self._rows.abort()
-        self._tiff.join()
 
     def finish(self, truth: str | None, slide_id: str) -> Level0Result:
-        """After the last rows: wait for the TIFF, then join the RLE's runs and count Dice against the truth's.
+        """After the last rows: join the RLE's runs and count Dice against the truth's.
 
         Args:
             truth: the slide's true mask as RLE, or None.
@@ -236,11 +232,8 @@ class Level0Mask:
             RuntimeError: not every working row was given to :meth:`extend`.
         """
         if self._received < self._working_height:
-            self.abort()  # the TIFF thread would wait for the missing rows for ever
+            self.abort()  # a reader would wait for the missing rows for ever
             raise RuntimeError(f"{slide_id}: {self._received} of {self._working_height} working rows were made")
-        self._tiff.join()
-        if self._tiff_error is not None:
-            raise self._tiff_error
         runs = self._runs.runs()
         rle = runs_to_rle(*runs)
         if truth is None:
@@ -248,13 +241,6 @@ class Level0Mask:
         truth_runs = parse_rle(truth, self.shape[0] * self.shape[1], slide_id)
         truth_preview = _pooled_mask(truth_runs, self.shape, self.preview_downsample)
         return Level0Result(rle, DiceCounts.from_runs(runs, truth_runs), self._preview, truth_preview)
-
-    def _write_tiff(self, path: Path) -> None:
-        try:
-            write_mask_tiff(path, self._rows.read, self.shape)
-        except BaseException as error:  # re-raised by finish(); an abandoned slide ignores it
-            self._tiff_error = error
-            self._rows.abort()  # the writer must not wait for a reader that is gone
 
 
 def _pooled_mask(runs: tuple[np.ndarray, np.ndarray], shape: tuple[int, int], factor: int) -> np.ndarray:

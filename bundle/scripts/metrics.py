@@ -18,7 +18,7 @@ from .keys import DOWNSCALE, IMAGE, PATH, SHAPE, SLIDE_ID, STORE
 from .prepare import working_shape
 from .pyramid import pool_mask
 from .rle import parse_rle
-from .stitching import SlideStitchers
+from .stitching import SlideStitchers, TissueWindows
 from .store import LABEL, read_window
 
 __all__ = [
@@ -152,28 +152,24 @@ class SlideDice(Metric):
     errors are (:meth:`error_maps`, drawn by :class:`scripts.reports.ValidationErrorMaps`).
 
     Args:
-        weights: window blend weights (:func:`scripts.stitching.blend_weights`).
-        overlap: the windows' overlap.
+        windows: the validation slides' windows, which the evaluator runs.
         threshold: probability above which a pixel is glomerulus.
         map_size: longest side of the per-slide maps in pixels; None or 0 keeps no maps.
     """
 
-    def __init__(
-        self, weights: np.ndarray, overlap: float, threshold: float = 0.5, map_size: int | None = 1024
-    ) -> None:
-        self.weights = weights
-        self.overlap = overlap
+    def __init__(self, windows: TissueWindows, threshold: float = 0.5, map_size: int | None = 1024) -> None:
+        self.windows = windows
         self.threshold = threshold
         self.map_size = int(map_size) if map_size else 0
         self._counts: dict[str, DiceCounts] = defaultdict(DiceCounts)
         self._maps: dict[str, SlideMaps] = {}
-        self._stitchers = SlideStitchers(weights, overlap)
+        self._stitchers = SlideStitchers(windows)
         super().__init__()
 
     def reset(self) -> None:
         self._counts = defaultdict(DiceCounts)
         self._maps = {}
-        self._stitchers = SlideStitchers(self.weights, self.overlap)
+        self._stitchers = SlideStitchers(self.windows)
 
     def update(self, output: Sequence[dict]) -> None:
         for item in output:

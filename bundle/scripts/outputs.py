@@ -1,9 +1,16 @@
-"""Writing results atomically in the formats users open: ``submission.csv`` (Kaggle),
-``metrics.csv``, pyramidal mask TIFFs (QuPath, napari), preview PNGs.
+"""An inference run's output folder: where each result goes and the one function that writes it,
+atomically, in the formats users open.
+
+Per slide: ``rle/<id>.txt`` (Kaggle run-length encoding), ``masks/<id>.tiff`` (pyramidal level-0
+mask: QuPath, napari), ``glomeruli/<id>.geojson`` (QuPath polygons), ``previews/<id>.png`` (outlines
+over a thumbnail), optionally ``heatmaps/<id>.tiff`` (probabilities), and ``summaries/<id>.json``,
+written last: a slide with a summary and an RLE is complete. For the run: ``submission.csv``
+(Kaggle ``id,predicted``) and, with a truth, ``metrics.csv``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -12,20 +19,93 @@ import imagecodecs
 import numpy as np
 from scipy import ndimage
 
-from .files import atomic_path, write_csv
+from .annotations import Annotation, write_annotations
+from .files import atomic_path, write_csv, write_text_atomic
 from .pyramid import write_pyramid
 
-__all__ = ["outline_overlay", "write_mask_tiff", "write_png", "write_submission"]
+__all__ = ["RunOutputs", "outline_overlay", "write_mask_tiff", "write_png"]
+
+PRED_COLOUR, TRUTH_COLOUR = (0, 200, 0), (30, 60, 255)
+
+RowReader = Callable[[int, int], np.ndarray]
 
 
-def write_submission(path: str | os.PathLike, predictions: dict[str, str]) -> Path:
-    """Write a Kaggle ``submission.csv`` (``id,predicted``) atomically, one row per slide in order."""
-    return write_csv(path, ("id", "predicted"), predictions.items())
+class RunOutputs:
+    """The output folder of one inference run: each file's path, its writer, and what reruns read.
+
+    Args:
+        output_dir: the run's output folder.
+    """
+
+    def __init__(self, output_dir: str | os.PathLike) -> None:
+        self.root = Path(output_dir)
+
+    def _slide_file(self, folder: str, slide_id: str, suffix: str) -> Path:
+        return self.root / folder / f"{slide_id}{suffix}"
+
+    def rle_path(self, slide_id: str) -> Path:
+        return self._slide_file("rle", slide_id, ".txt")
+
+    def summary_path(self, slide_id: str) -> Path:
+        return self._slide_file("summaries", slide_id, ".json")
+
+    def is_complete(self, slide_id: str) -> bool:
+        """Whether the slide's results are all written (its summary is written last, after its RLE)."""
+        return self.summary_path(slide_id).is_file() and self.rle_path(slide_id).is_file()
+
+    def read_rle(self, slide_id: str) -> str:
+        return self.rle_path(slide_id).read_text()
+
+    def read_summary(self, slide_id: str) -> dict:
+        return json.loads(self.summary_path(slide_id).read_text())
+
+    def write_rle(self, slide_id: str, rle: str) -> Path:
+        return write_text_atomic(self.rle_path(slide_id), rle)
+
+    def write_summary(self, slide_id: str, summary: dict) -> Path:
+        return write_text_atomic(self.summary_path(slide_id), json.dumps(summary, indent=1))
+
+    def write_mask(self, slide_id: str, read_rows: RowReader, shape: tuple[int, int]) -> Path:
+        """``masks/<id>.tiff`` (:func:`write_mask_tiff`), rows read top to bottom as they are made."""
+        return write_mask_tiff(self._slide_file("masks", slide_id, ".tiff"), read_rows, shape)
+
+    def write_glomeruli(self, slide_id: str, polygons: list[Annotation]) -> Path:
+        """``glomeruli/<id>.geojson``: the polygons at level 0 (:func:`scripts.annotations.write_annotations`)."""
+        return write_annotations(self._slide_file("glomeruli", slide_id, ".geojson"), polygons)
+
+    def write_heatmap(self, slide_id: str, read_rows: RowReader, shape: tuple[int, int]) -> Path:
+        """``heatmaps/<id>.tiff``: ``uint8`` probabilities (255 = 1.0) at the working resolution, pyramidal."""
+        path = self._slide_file("heatmaps", slide_id, ".tiff")
+        return write_pyramid(path, read_rows, shape, channels=1, compression="zlib")
+
+    def write_preview(
+        self, slide_id: str, thumbnail: np.ndarray, prediction: np.ndarray, truth: np.ndarray | None = None
+    ) -> Path:
+        """``previews/<id>.png``: the prediction's outlines (and the truth's, when there is one) over a thumbnail.
+
+        Args:
+            slide_id: the slide.
+            thumbnail: ``(h, w, 3)`` ``uint8``.
+            prediction: ``(h, w)`` mask at the thumbnail's scale.
+            truth: the true mask at that scale, or None.
+        """
+        outlines = [(truth, TRUTH_COLOUR)] if truth is not None else []
+        overlay = outline_overlay(thumbnail, [*outlines, (prediction > 0, PRED_COLOUR)])
+        return write_png(self._slide_file("previews", slide_id, ".png"), overlay)
+
+    def write_submission(self, predictions: dict[str, str]) -> Path:
+        """``submission.csv`` (``id,predicted``), one row per slide in order."""
+        return write_csv(self.root / "submission.csv", ("id", "predicted"), predictions.items())
+
+    def write_metrics(self, dice: dict[str, float], mean: float) -> Path:
+        """``metrics.csv`` (``id,dice``): each slide's Dice, then the ``mean`` row."""
+        rows = [(slide_id, f"{value:.4f}") for slide_id, value in dice.items()] + [("mean", f"{mean:.4f}")]
+        return write_csv(self.root / "metrics.csv", ("id", "dice"), rows)
 
 
 def write_mask_tiff(
     path: str | os.PathLike,
-    read_rows: Callable[[int, int], np.ndarray],
+    read_rows: RowReader,
     shape: tuple[int, int],
     resolution_um: float | None = None,
 ) -> Path:

@@ -10,12 +10,12 @@ those slides beside ``train.csv`` (never validating on them).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 from .distributed import is_main_process
 from .files import write_csv
+from .outputs import RunOutputs
 
 __all__ = ["write_pseudo_labels"]
 
@@ -33,19 +33,18 @@ def write_pseudo_labels(output_dir: str, slide_ids: Sequence[str], min_confidenc
     """
     if not is_main_process():
         return None
-    output = Path(output_dir)
+    outputs = RunOutputs(output_dir)
     rows, left_out = [], []
     for slide_id in slide_ids:
-        summary, rle = output / "summaries" / f"{slide_id}.json", output / "rle" / f"{slide_id}.txt"
-        if not (summary.is_file() and rle.is_file()):
+        if not outputs.is_complete(slide_id):
             left_out.append(f"{slide_id} (not segmented)")
             continue
-        confidence = json.loads(summary.read_text())["confidence"]
+        confidence = outputs.read_summary(slide_id)["confidence"]
         if confidence >= min_confidence:
-            rows.append((slide_id, rle.read_text()))
+            rows.append((slide_id, outputs.read_rle(slide_id)))
         else:
             left_out.append(f"{slide_id} (confidence {confidence:.3f} < {min_confidence})")
-    path = write_csv(output / "pseudo_labels.csv", ("id", "encoding"), rows)
+    path = write_csv(outputs.root / "pseudo_labels.csv", ("id", "encoding"), rows)
     print(f"pseudo-labels for {len(rows)} of {len(slide_ids)} slide(s): {path}")
     for line in left_out:
         print(f"left out: {line}")

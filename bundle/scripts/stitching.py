@@ -8,17 +8,26 @@ memory grows with the window size and the slide width, never with the slide.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from typing import NamedTuple
 
 import numpy as np
 from monai.data.utils import compute_importance_map
 from monai.utils import BlendMode
 
-from .keys import DOWNSCALE, LOCATION, NUM_WINDOWS, SHAPE, SLIDE_ID, STORE
-from .prepare import working_shape
+from .keys import LOCATION, SIZE, SLIDE_ID
+from .prepare import PreparedSlide
 from .store import read_tissue
 
-__all__ = ["BandStitcher", "SlideStitchers", "blend_weights", "slide_windows", "window_starts"]
+__all__ = [
+    "BandStitcher",
+    "SlideStitchers",
+    "SlideWindows",
+    "TissueWindows",
+    "blend_weights",
+    "slide_windows",
+    "window_starts",
+]
 
 BLENDS = ("gaussian", "centre")
 
@@ -63,9 +72,14 @@ def blend_weights(roi: int, blend: str = "gaussian", overlap: float = 0.25, sigm
     raise ValueError(f"blend must be one of {BLENDS}, got {blend!r}")
 
 
-def slide_windows(
-    store: str, shape: tuple[int, int], downscale: int, roi: int, overlap: float
-) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+class SlideWindows(NamedTuple):
+    """A slide's window grid at the working resolution, ``(y, x)`` window corners, row-major."""
+
+    run: list[tuple[int, int]]  # windows holding tissue
+    skipped: list[tuple[int, int]]  # background windows, never read (they count as predicting 0)
+
+
+def slide_windows(store: str, shape: tuple[int, int], downscale: int, roi: int, overlap: float) -> SlideWindows:
     """A slide's window grid split into the windows to run and the background windows to skip.
 
     A window runs when its area holds a tissue pixel of the slide's tissue mask (a summed-area
@@ -79,7 +93,7 @@ def slide_windows(
         overlap: window overlap.
 
     Returns:
-        ``(run, skipped)``: ``(y, x)`` window corners at the working resolution, row-major.
+        The windows to run and the background windows to skip.
     """
     tissue, tissue_downsample = read_tissue(store)
     scale = downscale / tissue_downsample  # tissue pixels per working pixel
@@ -96,7 +110,47 @@ def slide_windows(
             c0, c1 = span(x, tissue.shape[1])
             has_tissue = table[r1, c1] - table[r0, c1] - table[r1, c0] + table[r0, c0] > 0
             (run if has_tissue else skipped).append((y, x))
-    return run, skipped
+    return SlideWindows(run, skipped)
+
+
+class TissueWindows:
+    """The windows of a run's slides, computed once: the datalist that the dataset reads and the grid
+    that the stitchers blend each slide's windows into (with the blend weights) are the same grid.
+
+    Args:
+        slides: prepared slides.
+        roi: window side at the working resolution.
+        overlap: fraction of a window shared with its neighbour.
+        blend: how overlapping windows are blended (:func:`blend_weights`).
+        skip: ids of slides not to run (already done).
+    """
+
+    def __init__(
+        self,
+        slides: Sequence[PreparedSlide],
+        roi: int,
+        overlap: float,
+        blend: str = "gaussian",
+        skip: Iterable[str] = (),
+    ) -> None:
+        self.roi, self.overlap = roi, overlap
+        self.weights = blend_weights(roi, blend, overlap)
+        skip = set(skip)
+        self.slides = {slide.slide_id: slide for slide in slides if slide.slide_id not in skip}
+        self.grids = {
+            slide_id: slide_windows(slide.store, slide.working_shape, slide.downscale, roi, overlap)
+            for slide_id, slide in self.slides.items()
+        }
+
+    @property
+    def datalist(self) -> list[dict]:
+        """Items for :class:`scripts.datasets.SlideRegionDataset`: the slide's fields (``level`` is the
+        working level), the window's ``location`` (level 0) and ``size``, slide after slide, row-major."""
+        return [
+            {**slide.as_dict(), LOCATION: [y * slide.downscale, x * slide.downscale], SIZE: [self.roi, self.roi]}
+            for slide_id, slide in self.slides.items()
+            for y, x in self.grids[slide_id].run
+        ]
 
 
 class BandStitcher:
@@ -195,14 +249,12 @@ class SlideStitchers:
     """One :class:`BandStitcher` per slide, fed window by window as a run's batches arrive.
 
     Args:
-        weights: blend weights shared by every window.
-        overlap: the windows' overlap (to rebuild each slide's grid of skipped windows).
+        windows: the run's windows (each slide's windows to expect, the skipped ones, the blend weights).
         step: rows are released in bands aligned to multiples of ``step`` (see :class:`BandStitcher`).
     """
 
-    def __init__(self, weights: np.ndarray, overlap: float, step: int = 1) -> None:
-        self.weights = weights
-        self.overlap = overlap
+    def __init__(self, windows: TissueWindows, step: int = 1) -> None:
+        self.windows = windows
         self.step = step
         self._open: dict[str, tuple[BandStitcher, int]] = {}
 
@@ -210,8 +262,8 @@ class SlideStitchers:
         """Add one window of a slide.
 
         Args:
-            meta: the window's image metadata (``slide_id``, ``store``, ``shape``, ``downscale``,
-                ``location``, ``num_windows``), as :class:`scripts.datasets.SlideRegionDataset` gives it.
+            meta: the window's image metadata (``slide_id``, ``location``), as
+                :class:`scripts.datasets.SlideRegionDataset` gives it.
             probability: ``(roi, roi)`` probabilities.
 
         Returns:
@@ -219,17 +271,16 @@ class SlideStitchers:
             released by this window (all remaining rows when it was the slide's last window), and
             whether it was.
         """
-        slide_id, scale = str(meta[SLIDE_ID]), int(meta[DOWNSCALE])
-        shape = working_shape(meta[SHAPE], scale)
-        y, x = (int(v) // scale for v in meta[LOCATION])
+        slide_id = str(meta[SLIDE_ID])
+        slide, grid = self.windows.slides[slide_id], self.windows.grids[slide_id]
+        height, width = slide.working_shape
+        y, x = (int(v) // slide.downscale for v in meta[LOCATION])
         if slide_id not in self._open:
-            _, skipped = slide_windows(str(meta[STORE]), shape, scale, len(self.weights), self.overlap)
-            self._open[slide_id] = (BandStitcher(*shape, self.weights, skipped, self.step), 0)
+            self._open[slide_id] = (BandStitcher(height, width, self.windows.weights, grid.skipped, self.step), 0)
         stitcher, seen = self._open[slide_id]
-        num_windows = int(meta[NUM_WINDOWS])
         bands = list(stitcher.add(probability, y, x))
-        if seen + 1 < num_windows:
+        if seen + 1 < len(grid.run):
             self._open[slide_id] = (stitcher, seen + 1)
-            return shape[1], bands, False
+            return width, bands, False
         self._open.pop(slide_id, None)
-        return shape[1], bands + list(stitcher.close()), True
+        return width, bands + list(stitcher.close()), True

@@ -1,38 +1,33 @@
-"""Whole-slide inference as a stream of windows: which windows to run, and turning their
-predictions into per-slide results.
+"""Whole-slide inference as a stream of windows, routed to per-slide results; the one module of
+the inference stream that starts threads.
 
-Only windows that touch tissue are listed (a lookup in the slide's low-resolution tissue mask);
-MONAI's DataLoader reads them through cuCIM in worker processes while the network runs on the
-previous batch. :class:`SlidePredictionWriter`, in a thread of its own, blends each window into
-its slide band by band (:mod:`scripts.stitching`); each band of rows that becomes final then
-goes through three steps, each in a thread of its own (so they overlap one another and the
-stitching): the probabilities go into a chunked zarr array at the working resolution (bands
-aligned to its chunks, so each chunk is written once), the next rows of the slide's level-0 mask
-are made and go into its pyramidal TIFF and its RLE runs (:mod:`scripts.level0`), and the
+MONAI's DataLoader reads the tissue windows (:class:`scripts.stitching.TissueWindows`) through
+cuCIM in worker processes while the network runs on the previous batch.
+:class:`SlidePredictionWriter`, in a thread of its own, blends each window into its slide band by
+band (:mod:`scripts.stitching`); each band of rows that becomes final then goes through three
+steps, each in a thread of its own (so they overlap one another and the stitching): the
+probabilities go into a chunked zarr array at the working resolution (bands aligned to its chunks,
+so each chunk is written once), the next rows of the slide's level-0 mask are made
+(:mod:`scripts.level0`; another thread writes them into the mask TIFF as they come), and the
 glomeruli of the rows of tiles they complete are traced (:class:`scripts.annotations.PolygonTracer`).
-After the slide's last window another thread joins the RLE, scores it, writes the polygons and
-draws the preview while the next slide's windows are stitched. Nothing ever holds a whole slide
-at level 0.
-
-Per slide, under ``output_dir``: ``rle/<id>.txt``, ``masks/<id>.tiff``, ``glomeruli/<id>.geojson``,
-``previews/<id>.png``, optionally ``heatmaps/<id>.tiff``, and ``summaries/<id>.json`` last, which
-marks the slide done: a rerun skips it unless asked to overwrite. ``submission.csv`` (and, with a
-truth, ``metrics.csv``) are assembled from the per-slide files, by rank 0 under ``torchrun``.
+After the slide's last window another thread joins the RLE, scores it, and writes the slide's
+files while the next slide's windows are stitched. Nothing ever holds a whole slide at level 0.
+Every file is written by :class:`scripts.outputs.RunOutputs`, a slide's summary last (which marks
+it done: a rerun skips it unless asked to overwrite); ``submission.csv`` (and, with a truth,
+``metrics.csv``) are assembled from the per-slide files, by rank 0 under ``torchrun``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import shutil
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -42,73 +37,35 @@ from monai.utils import convert_to_tensor
 from skimage.measure import block_reduce
 from tqdm import tqdm
 
-from .annotations import PolygonTracer, write_annotations
+from .annotations import PolygonTracer
 from .distributed import barrier, is_main_process, rank
-from .files import write_csv, write_text_atomic
-from .keys import LOCATION, NUM_WINDOWS, READ_ERROR, SIZE, SLIDE_ID
+from .keys import LOCATION, READ_ERROR, SLIDE_ID
 from .layout import report_problems
 from .level0 import Level0Mask
 from .metrics import mean_dice, rle_dice
-from .outputs import outline_overlay, write_png, write_submission
+from .outputs import RunOutputs
 from .prepare import PreparedSlide
-from .pyramid import write_pyramid
 from .slides import read_thumbnail
-from .stitching import SlideStitchers, slide_windows
+from .stitching import SlideStitchers, TissueWindows
 from .store import read_tissue
 
-__all__ = ["ConfidenceCounts", "SlidePredictionWriter", "finished_slides", "window_datalist"]
+__all__ = ["ConfidenceCounts", "SlidePredictionWriter", "finished_slides"]
 
 logger = logging.getLogger(__name__)
 
 BAND = 512  # chunk side of the working-resolution probabilities
 PREVIEW_SIDE = 1024  # longest side of preview PNGs, in pixels (about)
-PRED_COLOUR, TRUTH_COLOUR = (0, 200, 0), (30, 60, 255)
 QUEUE_WINDOWS = 64  # predicted windows waiting for the writer thread, at most
 PENDING_BAND_STEPS = 8  # a slide's band steps queued or running at most (each holds its band) before the writer waits
 UNCERTAIN = (0.2, 0.8)  # probabilities counted as undecided in a slide's confidence
-
-
-def window_datalist(slides: Sequence[PreparedSlide], roi: int, overlap: float, skip: Iterable[str] = ()) -> list[dict]:
-    """Datalist of the tissue windows of every slide, for :class:`scripts.datasets.SlideRegionDataset`.
-
-    Args:
-        slides: prepared slides.
-        roi: window side at the working resolution.
-        overlap: fraction of a window shared with its neighbour.
-        skip: ids of slides not to run (already done).
-
-    Returns:
-        Items with the slide's fields (``level`` is the working level), ``location`` (level 0),
-        ``size`` and ``num_windows``, slide after slide, row-major within a slide.
-    """
-    skip = set(skip)
-    items = []
-    for slide in slides:
-        if slide.slide_id in skip:
-            continue
-        windows, _ = slide_windows(slide.store, slide.working_shape, slide.downscale, roi, overlap)
-        items += [
-            {
-                **slide.as_dict(),
-                LOCATION: [y * slide.downscale, x * slide.downscale],
-                SIZE: [roi, roi],
-                NUM_WINDOWS: len(windows),
-            }
-            for y, x in windows
-        ]
-    return items
 
 
 def finished_slides(output_dir: str, slides: Sequence[PreparedSlide], overwrite: bool = False) -> set[str]:
     """Ids of slides whose results are already complete in ``output_dir`` (none when overwriting)."""
     if overwrite:
         return set()
-    root = Path(output_dir)
-    return {
-        s.slide_id
-        for s in slides
-        if (root / "summaries" / f"{s.slide_id}.json").is_file() and (root / "rle" / f"{s.slide_id}.txt").is_file()
-    }
+    outputs = RunOutputs(output_dir)
+    return {slide.slide_id for slide in slides if outputs.is_complete(slide.slide_id)}
 
 
 @dataclass
@@ -148,6 +105,7 @@ class _SlideState:
     bar: tqdm
     started: float = field(default_factory=time.monotonic)
     error: str = ""
+    mask: Future | None = None  # the mask TIFF, written as its rows are made
     confidence: ConfidenceCounts = field(default_factory=ConfidenceCounts)
     pending: deque[Future] = field(default_factory=deque)  # band steps not yet known to be done
 
@@ -159,19 +117,18 @@ class SlidePredictionWriter:
     probability. Stitching runs in a worker thread fed through a bounded queue, and what each
     final band goes through (the probability store, the level-0 mask, the polygons) in a thread
     per step, so they overlap with the network (on a GPU, or on the CPU cores the network leaves
-    free) and with one another; a finished slide's outputs are written by another thread, so the
-    next slide's windows go on.
+    free) and with one another; a slide's mask TIFF is written by another thread as its rows are
+    made, and a finished slide's outputs by another, so the next slide's windows go on.
 
     Args:
-        output_dir: where results go.
-        slides: this process's slides; those without a tissue window get an empty prediction.
-        weights: window blend weights (:func:`scripts.stitching.blend_weights`).
-        overlap: the windows' overlap.
+        output_dir: where results go (:class:`scripts.outputs.RunOutputs`).
+        slides: this process's slides; those without a tissue window get an empty prediction, and
+            those ``windows`` leaves out are complete from an earlier run (their results are reused).
+        windows: the windows the evaluator runs, and how they blend.
         threshold: probability above which a pixel is glomerulus.
         truth: ``{slide_id: rle}`` to score against, or None.
         failed: ``{slide_id: reason}`` for slides that could not be prepared.
         listed: every slide id of the run in submission order (all ranks); default ``slides``.
-        done: ids of slides already complete in ``output_dir`` (skipped; their results are reused).
         save_heatmap: also write the probabilities as a pyramidal 8-bit TIFF.
         min_area: polygons (and the glomerulus count) leave out specks smaller than this many
             level-0 pixels; the mask and the RLE keep every pixel.
@@ -181,29 +138,27 @@ class SlidePredictionWriter:
         self,
         output_dir: str,
         slides: Sequence[PreparedSlide],
-        weights: np.ndarray,
-        overlap: float,
+        windows: TissueWindows,
         threshold: float = 0.5,
         truth: dict[str, str] | None = None,
         failed: dict[str, str] | None = None,
         listed: Sequence[str] | None = None,
-        done: Iterable[str] = (),
         save_heatmap: bool = False,
         min_area: float = 2000.0,
     ) -> None:
-        self.output_dir = Path(output_dir)
+        self.outputs = RunOutputs(output_dir)
         self.slides = {slide.slide_id: slide for slide in slides}
-        self.stitchers = SlideStitchers(weights, overlap, step=BAND)  # whole chunks of the probability store
+        self.stitchers = SlideStitchers(windows, step=BAND)  # whole chunks of the probability store
         self.threshold = threshold
         self.truth = truth
         self.failed = dict(failed or {})
         self.listed = list(listed) if listed is not None else list(self.slides)
-        self.done = set(done)
+        self.done = set(self.slides) - set(windows.slides)
         self.save_heatmap = save_heatmap
         self.min_area = min_area
         self._states: dict[str, _SlideState] = {}
         self._finished: set[str] = set()
-        self._work = self.output_dir / ".work"
+        self._work = self.outputs.root / ".work"
         self._overall: tqdm | None = None
         self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_WINDOWS)
         self._worker: threading.Thread | None = None
@@ -216,6 +171,8 @@ class SlidePredictionWriter:
             ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
             for name in ("band-store", "band-level0", "band-polygons")
         ]
+        # a slide's mask TIFF reads its rows as they are made; two, so the next slide's need not wait
+        self._mask_writer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mask-tiff")
 
     def attach(self, engine: Engine) -> None:
         """Collect windows after every iteration; finish the run when the evaluator completes."""
@@ -298,17 +255,21 @@ class SlidePredictionWriter:
                 fill_value=0,
                 overwrite=True,
             )
-            level0 = Level0Mask(
-                slide.shape,
-                slide.downscale,
-                self.threshold,
-                self.output_dir / "masks" / f"{slide_id}.tiff",
-                _preview_downsample(slide.shape),
-            )
+            level0 = Level0Mask(slide.shape, slide.downscale, self.threshold, _preview_downsample(slide.shape))
             polygons = PolygonTracer(slide.working_shape, scale=slide.downscale, min_area=self.min_area)
             bar = tqdm(desc=slide_id, unit="window", leave=False)
-            self._states[slide_id] = _SlideState(slide, probability, level0, polygons, bar)
+            state = _SlideState(slide, probability, level0, polygons, bar)
+            state.mask = self._mask_writer.submit(self._write_mask, state)
+            self._states[slide_id] = state
         return self._states[slide_id]
+
+    def _write_mask(self, state: _SlideState) -> None:
+        """The slide's mask TIFF, its rows read as the level-0 mask makes them."""
+        try:
+            self.outputs.write_mask(state.slide.slide_id, state.level0.read_rows, state.slide.shape)
+        except BaseException:
+            state.level0.abort()  # what makes the rows must not wait for a reader that is gone
+            raise
 
     def _finish_slide(self, state: _SlideState) -> None:
         slide = state.slide
@@ -323,6 +284,7 @@ class SlidePredictionWriter:
             self.failed[slide.slide_id] = f"{type(error).__name__}: {error}"
             logger.error("%s failed (%s); the other slides go on", slide.slide_id, self.failed[slide.slide_id])
         finally:
+            wait([state.mask])  # an abandoned TIFF's temporary file is gone before the slide counts as finished
             shutil.rmtree(self._work / f"{slide.slide_id}-probability.zarr", ignore_errors=True)
             self._states.pop(slide.slide_id, None)
             self._finished.add(slide.slide_id)
@@ -332,30 +294,17 @@ class SlidePredictionWriter:
     def _write_slide(self, state: _SlideState) -> None:
         """Every result of one slide; the summary last, so a slide with a summary is complete."""
         slide, probability, name = state.slide, state.probability, state.slide.slide_id
-        preview_downsample = state.level0.preview_downsample
-        thumbnail, thumb_scale = read_thumbnail(slide.image, preview_downsample)
-        if thumb_scale < preview_downsample:  # the slide has no level that coarse: pool it there (glass pads)
-            factor = preview_downsample // thumb_scale
-            thumbnail = block_reduce(thumbnail, (factor, factor, 1), np.mean, cval=255).astype(np.uint8)
         truth = self.truth.get(name) if self.truth is not None else None
-        rle, counts, predicted_thumb, truth_thumb = state.level0.finish(truth, name)
+        mask = state.level0.finish(truth, name)
+        state.mask.result()  # the mask TIFF is complete (or its error is the slide's)
         state.polygons.close()  # the rows of tiles left (a slide without windows: all)
         polygons = state.polygons.polygons
-        write_annotations(self.output_dir / "glomeruli" / f"{name}.geojson", polygons)
+        self.outputs.write_glomeruli(name, polygons)
         if self.save_heatmap:
-            write_pyramid(
-                self.output_dir / "heatmaps" / f"{name}.tiff",
-                lambda y0, y1: probability[y0:y1],
-                probability.shape,
-                channels=1,
-                compression="zlib",
-            )
-        outlines = [(truth_thumb, TRUTH_COLOUR)] if truth_thumb is not None else []
-        write_png(
-            self.output_dir / "previews" / f"{name}.png",
-            outline_overlay(thumbnail, [*outlines, (predicted_thumb > 0, PRED_COLOUR)]),
-        )
-        write_text_atomic(self.output_dir / "rle" / f"{name}.txt", rle)
+            self.outputs.write_heatmap(name, lambda y0, y1: probability[y0:y1], probability.shape)
+        thumbnail = _thumbnail(slide, state.level0.preview_downsample)
+        self.outputs.write_preview(name, thumbnail, mask.prediction_preview, mask.truth_preview)
+        self.outputs.write_rle(name, mask.rle)
         tissue, _ = read_tissue(slide.store)
         summary = {
             "id": name,
@@ -366,11 +315,11 @@ class SlidePredictionWriter:
             "tissue_fraction": round(float(np.mean(tissue > 0)), 4),
             "seconds": round(time.monotonic() - state.started, 1),
             "rank": rank(),
+            "confidence": round(state.confidence.value, 4),
         }
-        summary["confidence"] = round(state.confidence.value, 4)
-        if counts is not None:
-            summary["dice"] = round(counts.dice, 6)
-        write_text_atomic(self.output_dir / "summaries" / f"{name}.json", json.dumps(summary, indent=1))
+        if mask.counts is not None:
+            summary["dice"] = round(mask.counts.dice, 6)
+        self.outputs.write_summary(name, summary)
         logger.info("%s: %d glomeruli in %.1f s", name, len(polygons), summary["seconds"])
 
     def finish(self, engine: Engine | None = None) -> None:
@@ -383,10 +332,14 @@ class SlidePredictionWriter:
         for step in self._band_steps:
             step.shutdown(wait=True)
         if self._worker_error is not None:
+            for state in list(self._states.values()):  # their mask TIFFs would wait for rows for ever
+                state.level0.abort()
+            self._mask_writer.shutdown(wait=True)
             raise self._worker_error
         for slide_id in self.slides:
             if slide_id not in self.done | self._finished | set(self.failed):
                 self._finish_empty_slide(self._state(slide_id))
+        self._mask_writer.shutdown(wait=True)
         self._overall.close()
         self._score_reused()
         report_problems(self.failed)
@@ -405,36 +358,39 @@ class SlidePredictionWriter:
     def _score_reused(self) -> None:
         """Dice for slides done by an earlier run, when this run has a truth to score them against."""
         for slide_id in self.done:
-            path = self.output_dir / "summaries" / f"{slide_id}.json"
-            summary = json.loads(path.read_text())
+            summary = self.outputs.read_summary(slide_id)
             if self.truth is not None and slide_id in self.truth and "dice" not in summary:
-                rle = (self.output_dir / "rle" / f"{slide_id}.txt").read_text()
+                rle = self.outputs.read_rle(slide_id)
                 summary["dice"] = round(rle_dice(rle, self.truth[slide_id], self.slides[slide_id].shape), 6)
-                write_text_atomic(path, json.dumps(summary, indent=1))
+                self.outputs.write_summary(slide_id, summary)
 
     def _assemble(self) -> None:
         """``submission.csv`` from every listed slide's RLE file (empty where a slide failed), and metrics."""
         predictions, dice = {}, {}
         for slide_id in self.listed:
-            rle, summary = (
-                self.output_dir / "rle" / f"{slide_id}.txt",
-                self.output_dir / "summaries" / f"{slide_id}.json",
-            )
-            complete = rle.is_file() and summary.is_file()
-            predictions[slide_id] = rle.read_text() if complete else ""
-            if complete and "dice" in (fields := json.loads(summary.read_text())):
+            complete = self.outputs.is_complete(slide_id)
+            predictions[slide_id] = self.outputs.read_rle(slide_id) if complete else ""
+            if complete and "dice" in (fields := self.outputs.read_summary(slide_id)):
                 dice[slide_id] = fields["dice"]
-        submission = write_submission(self.output_dir / "submission.csv", predictions)
+        submission = self.outputs.write_submission(predictions)
         missing = [s for s in self.listed if not predictions[s] and s in self.failed]
         print(
             f"segmented {len(self.listed) - len(missing)} of {len(self.listed)} slide(s): {submission}; masks, "
-            f"glomeruli (GeoJSON), previews and summaries in {self.output_dir}"
+            f"glomeruli (GeoJSON), previews and summaries in {self.outputs.root}"
         )
         if self.truth is not None:
             mean = mean_dice(dice)
-            rows = [(slide_id, f"{value:.4f}") for slide_id, value in dice.items()] + [("mean", f"{mean:.4f}")]
-            path = write_csv(self.output_dir / "metrics.csv", ("id", "dice"), rows)
+            path = self.outputs.write_metrics(dice, mean)
             print(f"Dice (Kaggle, level 0): mean {mean:.4f} over {len(dice)} slide(s); per slide in {path}")
+
+
+def _thumbnail(slide: PreparedSlide, downsample: int) -> np.ndarray:
+    """The slide's RGB thumbnail at ``downsample`` level-0 pixels per pixel (the preview's scale)."""
+    thumbnail, scale = read_thumbnail(slide.image, downsample)
+    if scale < downsample:  # the slide has no level that coarse: pool it there (glass pads)
+        factor = downsample // scale
+        thumbnail = block_reduce(thumbnail, (factor, factor, 1), np.mean, cval=255).astype(np.uint8)
+    return thumbnail
 
 
 def _preview_downsample(shape: tuple[int, int]) -> int:
