@@ -1,6 +1,5 @@
 """MONAI whole-slide datasets of the bundle (scripts/datasets.py) with their label transform
-(scripts/transforms.py): patches read by cuCIM from a real TIFF, labels from the zarr store, both
-mirrored past the slide's edge."""
+(scripts/transforms.py): patches read by cuCIM from a real TIFF, labels from the zarr store."""
 
 from __future__ import annotations
 
@@ -8,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import disc_slide, write_slide
-from scripts.datasets import ImportancePatchDataset, SlideRegionDataset, mirror_outside
+from scripts.datasets import ImportancePatchDataset, SlideRegionDataset
 from scripts.prepare import prepare_slide
 from scripts.rle import rle_encode
 from scripts.sampling import grid_units, sampling_units
@@ -98,31 +97,13 @@ def test_regions_wholly_outside_read_as_glass(prepared):
     assert (SlideRegionDataset([item])[0]["image"].numpy() == 255).all()
 
 
-def test_mirror_outside_pads_the_inside_symmetrically_and_leaves_inside_windows_alone():
-    window = np.arange(2 * 6 * 5).reshape(2, 6, 5)
-    assert mirror_outside(window, 3, 4, (100, 100)) is window
-    mirrored = mirror_outside(window, -2, 7, (10, 10))  # 2 rows above the slide, 2 columns past its right edge
-    inside = window[:, 2:, :3]
-    np.testing.assert_array_equal(mirrored, np.pad(inside, ((0, 0), (2, 0), (0, 2)), mode="symmetric"))
-    assert mirror_outside(window, -20, 0, (10, 10)) is None
-
-
-def test_a_glomerulus_cut_by_the_slide_edge_continues_past_it_in_the_label_as_in_the_image(tmp_path):
-    """Patches centred on a glomerulus at the slide's corner reach past the edge: the image mirrors
-    the glomerulus there, and so must the label, or training calls glomerulus texture background."""
+def test_past_the_slide_edge_the_image_mirrors_a_cut_glomerulus_and_its_label_stays_background(tmp_path):
+    """Mirroring the label as well scored lower on the real tiles (docs/design.md): this pins the choice."""
     image, mask = disc_slide(shape=(600, 700), discs=((40, 50, 90), (400, 450, 70)))
     path = write_slide(tmp_path / "edge.tiff", image, compression=None)
     slide = prepare_slide("edge", path, tmp_path / "cache", 2, rle_encode(mask))
-    units = [u for u in sampling_units([slide], 0) if "bbox" in u and u["bbox"][0] < 100]
-    dataset = ImportancePatchDataset(units, patch_size=128, transform=LoadLabelPatchd("label"), seed=3)
-    past_edge = 0
-    for visit in range(6):
-        sample = dataset[visit % len(dataset)]
-        patch, label = sample["image"].numpy(), sample["label"].numpy()[0]
-        top, left = (int(v) // 2 for v in sample["image"].meta["location"])
-        outside = np.zeros(label.shape, bool)
-        outside[: max(-top, 0)], outside[:, : max(-left, 0)] = True, True
-        past_edge += int((label[outside] > 0).sum())
-        green = patch[1].astype(float)
-        assert green[label > 0].mean() < 90 and green[label == 0].mean() > 120  # the label marks the disc only
-    assert past_edge > 0  # some patches reached past the edge, with the mirrored disc labelled
+    item = {**slide.as_dict(), "location": [-64, -64], "size": [96, 96]}  # 32 working rows and columns outside
+    sample = LoadLabelPatchd("label")(SlideRegionDataset([item])[0])
+    patch, label = sample["image"].numpy(), sample["label"].numpy()[0]
+    assert label[32:, 32:].mean() > 0.5 and not label[:32].any() and not label[:, :32].any()
+    assert patch[1, :32, 32:].mean() < 90  # the disc continues past the edge in the image

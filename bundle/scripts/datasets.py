@@ -20,35 +20,7 @@ from .prepare import working_shape
 from .regions import SAMPLING_CLASSES
 from .store import read_regions
 
-__all__ = ["ImportancePatchDataset", "SlideRegionDataset", "mirror_outside"]
-
-
-def mirror_outside(window: np.ndarray, top: int, left: int, shape: tuple[int, int]) -> np.ndarray | None:
-    """A window of a slide whose part outside the slide mirrors the inside (numpy's ``symmetric`` padding).
-
-    Images and labels both go through it, so a glomerulus cut by the slide's edge continues past it
-    in the label exactly as in the image, and training never sees glomerulus texture labelled background.
-
-    Args:
-        window: ``(..., h, w)``, its last two axes starting at working ``(top, left)``.
-        top: the window's first row at the working resolution (negative above the slide).
-        left: its first column.
-        shape: the slide's ``(height, width)`` at the working resolution.
-
-    Returns:
-        The window itself when it lies inside the slide, a mirrored copy when it reaches past an
-        edge, None when it lies wholly outside.
-    """
-    height, width = window.shape[-2:]
-    r0, c0 = max(-top, 0), max(-left, 0)
-    r1, c1 = min(shape[0] - top, height), min(shape[1] - left, width)
-    if (r0, c0, r1, c1) == (0, 0, height, width):
-        return window
-    if r1 <= r0 or c1 <= c0:
-        return None
-    inside = np.asarray(window)[..., r0:r1, c0:c1]
-    widths = [(0, 0)] * (window.ndim - 2) + [(r0, height - r1), (c0, width - c1)]
-    return np.pad(inside, widths, mode="symmetric")
+__all__ = ["ImportancePatchDataset", "SlideRegionDataset"]
 
 
 class SlideRegionDataset(PatchWSIDataset):
@@ -91,8 +63,16 @@ class SlideRegionDataset(PatchWSIDataset):
         image, metadata = self._read(sample)
         downscale = sample[DOWNSCALE]
         top, left = (int(v) // downscale for v in metadata[LOCATION])
-        mirrored = mirror_outside(image, top, left, working_shape(sample[SHAPE], downscale))
-        return (np.full_like(image, 255) if mirrored is None else mirrored), metadata  # wholly outside: glass
+        rows, cols = working_shape(sample[SHAPE], downscale)  # the slide at the working level
+        r0, c0 = max(-top, 0), max(-left, 0)
+        r1, c1 = min(rows - top, image.shape[1]), min(cols - left, image.shape[2])
+        if (r0, c0, r1, c1) == (0, 0, *image.shape[1:]):
+            return image, metadata
+        if r1 <= r0 or c1 <= c0:  # wholly outside: plain glass
+            return np.full_like(image, 255), metadata
+        inside = np.asarray(image)[:, r0:r1, c0:c1]
+        widths = ((0, 0), (r0, image.shape[1] - r1), (c0, image.shape[2] - c1))
+        return np.pad(inside, widths, mode="symmetric"), metadata
 
     def _read(self, sample: dict) -> tuple[np.ndarray, dict]:
         """Read a region, retrying once; a region that still fails reads as glass and its metadata's

@@ -18,9 +18,7 @@ from monai.transforms import MapTransform, RandomizableTransform
 from monai.utils import TransformBackends, convert_to_dst_type
 from skimage.color import hed_from_rgb, rgb_from_hed
 
-from .datasets import mirror_outside
-from .keys import DOWNSCALE, LOCATION, SHAPE, SIZE, STORE
-from .prepare import working_shape
+from .keys import DOWNSCALE, LOCATION, SIZE, STORE
 from .store import LABEL, read_window
 
 __all__ = ["HED_FROM_RGB", "RGB_FROM_HED", "LoadLabelPatchd", "RandStainJitter", "RandStainJitterd", "label_window"]
@@ -33,17 +31,15 @@ HED_FROM_RGB: np.ndarray = hed_from_rgb
 
 
 def label_window(meta: Mapping) -> np.ndarray:
-    """The label window (``uint8``) matching an image window read by :mod:`scripts.datasets`, from the
-    metadata of that window (``store``, level-0 ``location``, working-resolution ``size``,
-    ``downscale``, level-0 ``shape``): past the slide's edge it mirrors the inside as the image does
-    (:func:`scripts.datasets.mirror_outside`); wholly outside it is zero."""
+    """The label window (``uint8``, zero outside the slide) matching an image window read by
+    :mod:`scripts.datasets`, from the metadata of that window (``store``, level-0 ``location``,
+    working-resolution ``size``, ``downscale``)."""
+    # past the slide's edge the image mirrors the inside while the label stays background: mirroring the
+    # label too scored lower on the real tiles (docs/design.md, "Edge effects and blending")
     downscale = int(meta[DOWNSCALE])
     top, left = (int(v) // downscale for v in meta[LOCATION])
     height, width = (int(v) for v in meta[SIZE])
-    window = read_window(meta[STORE], LABEL, top, left, height, width)
-    shape = working_shape(tuple(int(v) for v in meta[SHAPE]), downscale)
-    mirrored = mirror_outside(window, top, left, shape)
-    return window if mirrored is None else mirrored
+    return read_window(meta[STORE], LABEL, top, left, height, width)
 
 
 class LoadLabelPatchd(MapTransform):
@@ -51,7 +47,7 @@ class LoadLabelPatchd(MapTransform):
 
     The image metadata names the slide's zarr store, the level-0 location and the patch size at
     the working resolution; the label is read from the store's ``label`` array at that resolution
-    (past the slide's edge mirrored as the image is: :func:`label_window`).
+    (zero outside the slide).
 
     Args:
         keys: the label key(s) to create.
