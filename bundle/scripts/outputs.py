@@ -44,9 +44,11 @@ class RunOutputs:
         return self.root / folder / f"{slide_id}{suffix}"
 
     def rle_path(self, slide_id: str) -> Path:
+        """``rle/<id>.txt``: the slide's mask as Kaggle RLE."""
         return self._slide_file("rle", slide_id, ".txt")
 
     def summary_path(self, slide_id: str) -> Path:
+        """``summaries/<id>.json``: counts, Dice, confidence; written last."""
         return self._slide_file("summaries", slide_id, ".json")
 
     def is_complete(self, slide_id: str) -> bool:
@@ -54,15 +56,19 @@ class RunOutputs:
         return self.summary_path(slide_id).is_file() and self.rle_path(slide_id).is_file()
 
     def read_rle(self, slide_id: str) -> str:
+        """The RLE a run (this one on another rank, or an earlier one) wrote."""
         return self.rle_path(slide_id).read_text()
 
     def read_summary(self, slide_id: str) -> dict:
+        """The summary a run (this one on another rank, or an earlier one) wrote."""
         return json.loads(self.summary_path(slide_id).read_text())
 
     def write_rle(self, slide_id: str, rle: str) -> Path:
+        """Write the slide's RLE atomically."""
         return write_text_atomic(self.rle_path(slide_id), rle)
 
     def write_summary(self, slide_id: str, summary: dict) -> Path:
+        """Write the slide's summary atomically (after every other file of the slide: it marks it complete)."""
         return write_text_atomic(self.summary_path(slide_id), json.dumps(summary, indent=1))
 
     def write_mask(self, slide_id: str, read_rows: RowReader, shape: tuple[int, int]) -> Path:
