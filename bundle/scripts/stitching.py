@@ -133,7 +133,7 @@ class TissueWindows:
         blend: str = "gaussian",
         skip: Iterable[str] = (),
     ) -> None:
-        self.roi, self.overlap = roi, overlap
+        self.roi = roi
         self.weights = blend_weights(roi, blend, overlap)
         skip = set(skip)
         self.slides = {slide.slide_id: slide for slide in slides if slide.slide_id not in skip}
