@@ -8,6 +8,7 @@ tile-grouped 4-fold cross-validation over the 16 AIDPATH PAS tiles (1024 x 1024,
     python bench/real_tiles.py --train-override loss#batch=True  # a training-only setting
     python bench/real_tiles.py --override network_def#norm=None  # None (or null) sets null
     python bench/real_tiles.py --members 2 --minutes 7.5  # a 2-network fold ensemble per fold, same compute
+    python bench/real_tiles.py --recipe bundle/configs/flexunet_efficientnet.yaml  # another network
 
 What it measures: for each fold, 12 tiles are the training set and 4 are held out. The bundle is
 trained exactly as a user would (``python -m monai.bundle run training --config_file
@@ -156,12 +157,24 @@ def member_dirs(root: Path, members: int) -> list[Path]:
     return [models] if members == 1 else [fold_dir(models, member) for member in range(members)]
 
 
+def config_files(base: list[str], recipes: list[str]) -> str:
+    """The ``--config_file`` value: the base configs, then the recipes merged over them, as a list literal."""
+    return repr(base + recipes)
+
+
 def fold_commands(
-    root: Path, minutes: float, overrides: list[str], train_overrides: list[str], members: int = 1
+    root: Path,
+    minutes: float,
+    overrides: list[str],
+    train_overrides: list[str],
+    members: int = 1,
+    recipes: list[str] | None = None,
 ) -> tuple[list[list[str]], dict[str, list[str]]]:
     """The training and evaluation commands of one fold folder.
 
-    ``overrides`` go to every command, ``train_overrides`` (keys that only train.yaml has) to training.
+    ``overrides`` go to every command, ``train_overrides`` (keys that only train.yaml has) to training;
+    ``recipes`` (config files such as ``flexunet_efficientnet.yaml``) are merged over train.yaml for
+    training and over inference.yaml + evaluate.yaml for evaluation, so both build the same network.
     With ``members`` > 1 member ``k`` trains with train.yaml's ``fold`` ``k`` (its own 3 validation
     tiles of the 12) into ``models/fold<k>/``, as ``run training_folds`` would, and the ensemble is
     evaluated from the folder as well as each member alone (paired: the same trainings).
@@ -171,6 +184,7 @@ def fold_commands(
         evaluation command}``, ``eval`` being the model's (the ensemble's) and ``eval_fold<k>`` member ``k``'s.
     """
     paths = {"dataset_dir": str(root), "cache_dir": str(root / "cache")}
+    recipes = recipes or []
     trainings = []
     for member, ckpt_dir in enumerate(member_dirs(root, members)):
         per_member = {} if members == 1 else {"fold": str(member)}
@@ -178,7 +192,7 @@ def fold_commands(
         trainings.append(
             bundle_command(
                 "training",
-                "bundle/configs/train.yaml",
+                config_files(["bundle/configs/train.yaml"], recipes),
                 {
                     **paths,
                     **per_member,
@@ -197,7 +211,7 @@ def fold_commands(
     evaluations = {
         name: bundle_command(
             "evaluating",
-            "['bundle/configs/inference.yaml','bundle/configs/evaluate.yaml']",
+            config_files(["bundle/configs/inference.yaml", "bundle/configs/evaluate.yaml"], recipes),
             {**paths, "ckpt_path": str(path), "output_dir": str(root / name)},
             overrides,
         )
@@ -212,13 +226,20 @@ def read_dice(metrics: Path) -> dict[str, float]:
         return {row["id"]: float(row["dice"]) for row in csv.DictReader(stream) if row["id"] != "mean"}
 
 
-def run_fold(root: Path, minutes: float, overrides: list[str], train_overrides: list[str], members: int = 1) -> dict:
+def run_fold(
+    root: Path,
+    minutes: float,
+    overrides: list[str],
+    train_overrides: list[str],
+    members: int = 1,
+    recipes: list[str] | None = None,
+) -> dict:
     """Train and evaluate on one fold folder (see :func:`fold_commands`); the fold's record for results.json.
 
     ``dice`` is the model's (with ``members`` > 1 the ensemble's), ``member_dice`` each member's alone.
     """
     record: dict = {"train_minutes": None, "eval_minutes": None, "dice": {}, "error": None}
-    trainings, evaluations = fold_commands(root, minutes, overrides, train_overrides, members)
+    trainings, evaluations = fold_commands(root, minutes, overrides, train_overrides, members, recipes)
     record["train_minutes"] = 0.0
     for member, (train, ckpt_dir) in enumerate(zip(trainings, member_dirs(root, members), strict=True)):
         log = root / ("train.log" if members == 1 else f"train_fold{member}.log")
@@ -274,6 +295,14 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="bundle setting for training only, e.g. loss#batch=True (repeatable)",
     )
+    parser.add_argument(
+        "--recipe",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="config file merged over train.yaml and inference.yaml, e.g. "
+        "bundle/configs/flexunet_efficientnet.yaml (repeatable)",
+    )
     args = parser.parse_args()
 
     data = Path(args.data)
@@ -285,6 +314,8 @@ def main() -> None:
         sys.exit(f"--members must be among 1..{NUM_FOLDS} (one per fold of train.yaml's split), got {args.members}")
     if bad := [o for o in args.override + args.train_override if "=" not in o or not o.partition("=")[0]]:
         sys.exit(f"--override and --train-override take KEY=VALUE, got {bad}")
+    if missing := [recipe for recipe in args.recipe if not (REPO / recipe).is_file()]:
+        sys.exit(f"--recipe: {', '.join(missing)} not found (a path relative to the repository root)")
     tiles = read_tiles(data)
     if len(tiles) < NUM_FOLDS:
         sys.exit(f"{data}: {len(tiles)} tile(s) with masks; at least {NUM_FOLDS} are needed")
@@ -297,6 +328,7 @@ def main() -> None:
     )
     print(
         f"training budget {args.minutes:g} min per network, {args.members} network(s) per fold; "
+        f"recipes: {' '.join(args.recipe) or 'none'}; "
         f"overrides: {' '.join(args.override) or 'none'}; "
         f"training-only overrides: {' '.join(args.train_override) or 'none'}; "
         f"work folder {work}",
@@ -308,6 +340,7 @@ def main() -> None:
         "minutes": args.minutes,
         "overrides": args.override,
         "train_overrides": args.train_override,
+        "recipes": args.recipe,
         "seed": args.seed,
         "members": args.members,
         "glomeruli": counts,
@@ -322,7 +355,7 @@ def main() -> None:
             f"{args.members} x {args.minutes:g} min ...",
             flush=True,
         )
-        record = run_fold(root, args.minutes, args.override, args.train_override, args.members)
+        record = run_fold(root, args.minutes, args.override, args.train_override, args.members, args.recipe)
         record["held_out"] = folds[fold]
         results["folds"][fold] = record
         summary = (

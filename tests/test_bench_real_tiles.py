@@ -3,11 +3,13 @@ meant for. (Its training runs take an hour; they are run by hand, not here.)"""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from monai.bundle import ConfigParser
 
 from conftest import REPO
 
@@ -58,6 +60,20 @@ def test_members_train_their_own_folds_into_a_fold_ensemble_folder_scored_whole_
         assert Path(evaluated[f"eval_fold{member}"]["ckpt_path"]) == Path(trained[member]["ckpt_dir"]) / "model.pt"
         assert Path(evaluated[f"eval_fold{member}"]["output_dir"]) == tmp_path / f"eval_fold{member}"
     assert {e["downscale"] for e in evaluated.values()} == {"4"} and not any("seed" in e for e in evaluated.values())
+
+
+def test_a_recipe_is_merged_over_training_and_evaluation_so_both_build_its_network(tmp_path):
+    recipe = "bundle/configs/flexunet_efficientnet.yaml"
+    (train,), evaluations = fold_commands(tmp_path, 15, [], [], recipes=[recipe])
+    for command in (train, evaluations["eval"]):
+        files = ast.literal_eval(options(command[5:])["config_file"])
+        assert files[-1] == recipe and files[0] in ("bundle/configs/train.yaml", "bundle/configs/inference.yaml")
+        parser = ConfigParser()
+        parser.read_config([REPO / name for name in files])
+        assert parser["network_def"]["_target_"] == "FlexibleUNet"
+        assert parser["network_def"]["backbone"] == "efficientnet-b0"
+    (plain,), _ = fold_commands(tmp_path, 15, [], [])
+    assert ast.literal_eval(options(plain[5:])["config_file"]) == ["bundle/configs/train.yaml"]
 
 
 @pytest.mark.slow
