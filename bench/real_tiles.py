@@ -66,6 +66,10 @@ DATA = SHARED / "data" / "aidpath_glomeruli"
 NUM_FOLDS = 4
 GOAL_DICE = 0.80
 GOAL_MINUTES = 15
+# The tiles state no scale. Their source slides were scanned by an Aperio ScanScope CS at 20x (the
+# dataset's authors), about 0.5 microns per pixel, and the tiles' glomeruli measure 135-205 microns
+# across at that scale, as human glomeruli do: the tiles are taken as unresized crops (docs/README.md).
+AIDPATH_MPP = 0.5
 
 
 def read_tiles(data: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -116,6 +120,7 @@ def write_fold(root: Path, tiles: dict[str, tuple[np.ndarray, np.ndarray]], held
             tile=512,
             compression="jpeg",
             quality=90,
+            resolution_um=AIDPATH_MPP,
         )
         encodings[tile] = rle_encode(mask)
     write_csv(root / "train.csv", ("id", "encoding"), [(tile, encodings[tile]) for tile in train])

@@ -36,6 +36,18 @@ def write_slide(path: Path, image, compression: str | None = "jpeg") -> Path:
     )
 
 
+def smooth_rgb(shape: tuple[int, int]):
+    """Gradients plus a 32-pixel checkerboard (aligned to JPEG blocks), so a shift of one pixel shows."""
+    import numpy as np
+
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    checker = ((yy // 32 + xx // 32) % 2 * 40)[..., None]
+    return (
+        np.stack([60 + yy * 150 // shape[0], 40 + xx * 150 // shape[1], 120 + (yy + xx) * 80 // sum(shape)], -1)
+        + checker
+    ).astype(np.uint8)
+
+
 def disc_slide(shape=(700, 900), discs=((300, 300, 80), (450, 650, 60)), seed: int = 0):
     """A slide with a pink tissue ellipse and dark purple discs; returns ``(image, mask of the discs)``."""
     import numpy as np

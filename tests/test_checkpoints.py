@@ -13,6 +13,7 @@ from scripts.checkpoints import (
     checkpoint_files,
     ensemble,
     load_initial_weights,
+    recorded_setting,
     save_half_precision,
 )
 
@@ -192,3 +193,17 @@ def test_members_trained_at_another_working_resolution_are_one_line_naming_the_f
         "--downscale 4, or only checkpoints trained with downscale 2"
     )
     assert len(ensemble(small_unet(), [str(tmp_path / f"fold{k}" / "model.pt") for k in (0, 2)], {"downscale": 2})) == 2
+
+
+def test_inference_takes_the_scale_its_models_were_trained_at_and_refuses_members_that_disagree(tmp_path):
+    for member, working_mpp in enumerate((1.0, 1.0, 0.5)):
+        saved(tmp_path / f"fold{member}" / "model.pt", small_unet())
+        (tmp_path / f"fold{member}" / "best.json").write_text(json.dumps({"downscale": 2, "working_mpp": working_mpp}))
+    pair = [str(tmp_path / f"fold{k}" / "model.pt") for k in (0, 1)]
+    assert recorded_setting(pair, "working_mpp") == 1.0
+    assert recorded_setting(pair, "not_recorded") is None
+    with pytest.raises(SystemExit) as error:
+        recorded_setting(str(tmp_path), "working_mpp")
+    message = str(error.value)
+    assert "different working_mpp" in message and str(tmp_path / "fold2" / "model.pt") in message
+    assert "\n" not in message

@@ -22,6 +22,7 @@ from scripts.annotations import rasterize, read_annotations
 from scripts.demo import DEMO_SEED, ensure_demo, generate_demo
 from scripts.errors import DatasetError
 from scripts.rle import rle_decode
+from scripts.slides import inspect_slide
 
 SIZE = (1024, 1280)
 INFO_COLUMNS = (
@@ -104,6 +105,11 @@ def test_slides_are_tiled_pyramids_that_cucim_reads(dataset):
         assert image.resolutions["level_count"] == len(pages)
         region = np.asarray(image.read_region(location=(256, 128), size=(300, 200), level=1, device="cpu"))
         assert region.shape == (200, 300, 3) and region.dtype == np.uint8
+
+
+def test_slides_state_their_scale_so_a_model_trained_on_them_records_it(dataset):
+    for path in sorted(dataset.glob("t*/*.tiff")):
+        assert inspect_slide(path).stated_mpp == pytest.approx((demo.DEMO_MPP, demo.DEMO_MPP, "TIFF resolution tags"))
 
 
 def test_train_rle_is_the_rasterized_polygons(dataset):

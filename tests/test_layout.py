@@ -159,3 +159,15 @@ def test_test_slides_without_sample_submission_are_the_tiffs_in_test(tmp_path):
 
 def test_test_slides_with_no_test_folder_is_empty(tmp_path):
     assert HubmapFolder(tmp_path).test_slides() == {}
+
+
+def test_an_mpp_column_is_read_where_present_and_kept_for_the_rows_that_state_one(tmp_path):
+    rows, _ = read_csv_rows(write(tmp_path / "train.csv", "id,encoding,mpp\na,1 2, 0.5 \nb,1 2,\n"), "encoding")
+    assert [(row.slide_id, row.mpp) for row in rows] == [("a", "0.5"), ("b", "")]
+    (tmp_path / "train").mkdir()
+    for slide_id in ("a", "b"):
+        (tmp_path / "train" / f"{slide_id}.tiff").write_bytes(b"")
+    folder = HubmapFolder(tmp_path)
+    folder.labelled_slides()
+    assert list(folder.mpp_rows) == ["a"] and folder.mpp_rows["a"].where == "train.csv row 2"
+    assert read_csv_rows(write(tmp_path / "plain.csv", "id,encoding\na,1 2\n"), "encoding")[0][0].mpp == ""

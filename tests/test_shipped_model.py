@@ -30,6 +30,12 @@ def shipped_network() -> torch.nn.Module:
     return parser.get_parsed_content("network")
 
 
+def shipped_setting(key: str):
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.yaml"))
+    return parser.get_parsed_content(key)
+
+
 def test_inference_runs_the_shipped_fold_ensemble_by_default_and_the_zoo_finds_its_model():
     members = checkpoint_files(str(MODELS))
     assert [path.parent.name for path in members] == ["fold0", "fold1", "fold2", "fold3"]
@@ -41,6 +47,8 @@ def test_inference_runs_the_shipped_fold_ensemble_by_default_and_the_zoo_finds_i
     assert all(record["metric"] is not None and 0 < record["metric"] <= 1 for record in records[:-1])
     defaults = ConfigParser.load_config_file(str(CONFIGS / "inference.yaml"))
     assert {record["downscale"] for record in records} == {defaults["downscale"]}  # inference checks it
+    # trained at downscale 2 on tiles of about 0.5 microns per pixel: inference brings every slide to 1.0
+    assert {record["working_mpp"] for record in records} == {1.0} == {shipped_setting("working_mpp")}
     network = shipped_network()
     assert isinstance(network, torch.nn.ModuleList) and len(network) == len(members)
     first = next(network[0].parameters())

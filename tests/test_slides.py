@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from conftest import patch_dimensions, write_slide
+from conftest import patch_dimensions, smooth_rgb, write_slide
 from scripts import slides as slides_module
 from scripts.errors import SlideError
 from scripts.isolated import BUNDLE
@@ -25,17 +25,7 @@ SHAPE = (530, 1100)  # a canonical pyramid of this size has a level at downscale
 TILE = dict(tile=(256, 256))
 
 
-def smooth_rgb(shape=SHAPE):
-    """Gradients plus a 32-pixel checkerboard (aligned to JPEG blocks), so a shift of one pixel shows."""
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    checker = ((yy // 32 + xx // 32) % 2 * 40)[..., None]
-    return (
-        np.stack([60 + yy * 150 // shape[0], 40 + xx * 150 // shape[1], 120 + (yy + xx) * 80 // sum(shape)], -1)
-        + checker
-    ).astype(np.uint8)
-
-
-RGB = smooth_rgb()
+RGB = smooth_rgb(SHAPE)
 GRAY = RGB[..., 1]
 RGB16 = np.stack(np.mgrid[: SHAPE[0], : SHAPE[1]] * [[[60000 / SHAPE[0]]], [[60000 / SHAPE[1]]]] + 2000, -1).astype(
     np.uint16

@@ -140,3 +140,45 @@ def test_slides_with_polygons_and_no_row_are_labelled_from_them(tmp_path):
         "far.json: polygon 0 (glomerulus)" in slides.failed["far"]
         and "outside the 900 x 700 slide" in slides.failed["far"]
     )
+
+
+def _scaled_dataset(root, mpps: dict[str, float | None], csv_mpp: dict[str, str]):
+    """Training slides written with the given microns per pixel in their resolution tags (None: none),
+    and a train.csv with an ``mpp`` column."""
+    from scripts.pyramid import write_pyramid
+
+    rows = []
+    for seed, (slide_id, mpp) in enumerate(mpps.items()):
+        image, mask = disc_slide(seed=seed)
+        path = root / "train" / f"{slide_id}.tiff"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_pyramid(path, lambda y0, y1, image=image: image[y0:y1], image.shape[:2], tile=256, resolution_um=mpp)
+        rows.append((slide_id, rle_encode(mask), csv_mpp.get(slide_id, "")))
+    write_csv(root / "train.csv", ("id", "encoding", "mpp"), rows)
+    return root
+
+
+def test_with_a_model_scale_each_slide_works_at_the_level_its_own_stated_scale_gives(tmp_path):
+    from scripts.store import read_scale
+
+    mpps = {"fine": 0.25, "coarse": 0.5, "plain": None, "listed": 0.25, "absurd": 0.5}
+    root = _scaled_dataset(tmp_path / "data", mpps, {"listed": "1.0", "absurd": "-1"})
+    slides = prepare(root, tmp_path, working_mpp=1.0)
+    downscales = {slide_id: slide.downscale for slide_id, slide in slides.prepared.items()}
+    # the file's scale, then the CSV column over the file's; a slide stating none keeps the downscale setting
+    assert downscales == {"fine": 4, "coarse": 2, "plain": 2, "listed": 1}
+    scales = {slide_id: read_scale(slide.store) for slide_id, slide in slides.prepared.items()}
+    assert scales["fine"].mpp == pytest.approx(0.25) and scales["fine"].source == "TIFF resolution tags"
+    assert scales["listed"].mpp == 1.0 and scales["listed"].source == "train.csv row 5"
+    assert scales["plain"].mpp is None and scales["plain"].source == "none"
+    assert list(slides.failed) == ["absurd"] and "train.csv row 6" in slides.failed["absurd"]
+    assert "\n" not in slides.failed["absurd"]
+
+    # one scale for every slide, over files and CSV; without a model scale, every slide at the setting
+    given = prepare(root, tmp_path, working_mpp=1.0, slide_mpp=0.5)
+    assert {slide.downscale for slide in given.prepared.values()} == {2} and not given.failed
+    assert read_scale(given.prepared["fine"].store).source == "slide_mpp setting"
+    # without a model scale nothing depends on a slide's: a wrong one is reported, not fatal
+    unscaled = prepare(root, tmp_path, slide_mpp=None)
+    assert {slide.downscale for slide in unscaled.prepared.values()} == {2} and not unscaled.failed
+    assert read_scale(unscaled.prepared["absurd"].store).source == "none"

@@ -25,11 +25,13 @@ from scripts.datasets import SlideRegionDataset
 from scripts.outputs import RunOutputs
 from scripts.prepare import prepare_slide
 from scripts.rle import rle_decode, rle_encode
-from scripts.slides import read_thumbnail
+from scripts.scale import SlideScale, working_downscale
+from scripts.slides import inspect_slide, read_thumbnail
 from scripts.stitching import SlideStitchers, TissueWindows
 from scripts.wsi_inference import SlidePredictionWriter, finished_slides
 
 DISCS = ((260, 300, 90), (600, 700, 70), (700, 300, 100))
+SCALE = SlideScale(0.5, "slide_mpp setting")  # what preparation found for s1; the empty slide states none
 
 
 class PurpleDetector(torch.nn.Module):
@@ -48,7 +50,7 @@ def slides(tmp_path):
     image[:, 900:] = 241  # glass on the right: the windows there are never run
     blank = np.full((600, 700, 3), 241, np.uint8)  # glass only: no tissue window at all
     prepared = [
-        prepare_slide("s1", write_slide(tmp_path / "s1.tiff", image), tmp_path / "cache", 2),
+        prepare_slide("s1", write_slide(tmp_path / "s1.tiff", image), tmp_path / "cache", 2, scale=SCALE),
         prepare_slide("empty", write_slide(tmp_path / "empty.tiff", blank), tmp_path / "cache", 2),
     ]
     return prepared, mask, image
@@ -97,6 +99,10 @@ def test_every_output_agrees_with_the_truth_and_with_each_other(slides, tmp_path
     summary = json.loads((out / "summaries" / "s1.json").read_text())
     assert summary["glomeruli"] == 3 and summary["glomerulus_pixels"] == predicted.sum()
     assert summary["dice"] == pytest.approx(dice) and 0.3 < summary["tissue_fraction"] < 0.9
+    assert (summary["mpp"], summary["mpp_source"], summary["downscale"]) == (0.5, "slide_mpp setting", 2)
+    assert json.loads((out / "summaries" / "empty.json").read_text())["mpp_source"] == "none"
+    # the mask states the slide's scale, so a viewer lays it over the slide
+    assert inspect_slide(out / "masks" / "s1.tiff").stated_mpp == pytest.approx((0.5, 0.5, "TIFF resolution tags"))
     preview = imagecodecs.imread(out / "previews" / "s1.png")
     assert preview.shape == (500, 600, 3)
     green, blue = ((preview == colour).all(axis=-1).sum() for colour in ((0, 200, 0), (30, 60, 255)))
@@ -213,11 +219,11 @@ def test_a_mask_tiff_that_cannot_be_written_fails_its_slide_only_and_nothing_wai
     second = prepare_slide("s2", write_slide(tmp_path / "s2.tiff", image), tmp_path / "cache", 2)
     write_mask = RunOutputs.write_mask
 
-    def disk_full(self, slide_id, read_rows, shape):
+    def disk_full(self, slide_id, read_rows, shape, resolution_um=None):
         if slide_id == "s1":
             read_rows(0, 16)
             raise OSError("No space left on device")
-        return write_mask(self, slide_id, read_rows, shape)
+        return write_mask(self, slide_id, read_rows, shape, resolution_um)
 
     monkeypatch.setattr(RunOutputs, "write_mask", disk_full)
     run = threading.Thread(target=run_inference, args=([prepared[0], second], tmp_path / "out"), daemon=True)
@@ -254,3 +260,24 @@ def test_a_stitching_error_ends_the_run_with_that_error_and_nothing_waits(slides
     thread.join(timeout=120)
     assert not thread.is_alive() and raised == ["windows out of order"]
     assert not (tmp_path / "out" / "masks" / "s1.tiff").exists()
+
+
+def test_the_same_tissue_scanned_at_two_scales_gives_the_same_mask_at_each_slides_level_0(tmp_path):
+    """A model's working scale (1 micron per pixel here) reached from a 0.5 and a 0.25 micron-per-pixel
+    scan of the same tissue: each slide works at its own level (downscale 2 and 4) and each mask is
+    at the slide's own level 0."""
+    image, _ = disc_slide(shape=(1000, 1200), discs=DISCS)
+    scans = {"coarse": (image, 0.5), "fine": (np.repeat(np.repeat(image, 2, axis=0), 2, axis=1), 0.25)}
+    prepared = []
+    for name, (pixels, mpp) in scans.items():
+        scale = SlideScale(mpp, "TIFF resolution tags")
+        downscale = working_downscale(scale, 1.0, 2, name)
+        path = write_slide(tmp_path / f"{name}.tiff", pixels)
+        prepared.append(prepare_slide(name, path, tmp_path / "cache", downscale, scale=scale))
+    assert [slide.downscale for slide in prepared] == [2, 4]
+    assert prepared[0].working_shape == prepared[1].working_shape
+    run_inference(prepared, tmp_path / "out")
+    coarse, fine = (tifffile.imread(tmp_path / "out" / "masks" / f"{name}.tiff") > 0 for name in scans)
+    assert fine.shape == (2000, 2400) and coarse.sum() > 0.05 * coarse.size
+    differing = (coarse != fine[::2, ::2]).mean()  # the fine mask at the coarse scan's pixels
+    assert differing < 0.005

@@ -31,6 +31,7 @@ __all__ = [
     "ensemble",
     "load_initial_weights",
     "read_weights",
+    "recorded_setting",
     "save_half_precision",
 ]
 
@@ -66,6 +67,29 @@ def checkpoint_files(ckpt_path: str | os.PathLike | Sequence[str | os.PathLike])
         if not path.is_file():
             raise InputError(f"checkpoint {path} not found: {TRAIN_FIRST}")
     return paths
+
+
+@user_errors
+def recorded_setting(ckpt_path: str | os.PathLike | Sequence[str | os.PathLike], key: str) -> object:
+    """What training recorded for ``key`` beside the model (``best.json``), so a run works as the model
+    was trained without the user setting it; every member of an ensemble must agree.
+
+    Args:
+        ckpt_path: what inference loads (see :func:`checkpoint_files`).
+        key: the setting, e.g. ``working_mpp``.
+
+    Returns:
+        The recorded value, or None where no member recorded one.
+    """
+    paths = checkpoint_files(ckpt_path)
+    values = {str(path): (read_record(path.parent) or {}).get(key) for path in paths}
+    if len(set(map(repr, values.values()))) > 1:
+        listing = ", ".join(f"{path}: {value}" for path, value in values.items())
+        raise InputError(
+            f"the members of {ckpt_path} were trained with different {key} ({listing}); ensemble only "
+            f"models trained with the same {key}"
+        )
+    return next(iter(values.values()))
 
 
 def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:

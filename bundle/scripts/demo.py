@@ -32,7 +32,8 @@ from .rle import rle_encode
 __all__ = ["DEMO_SEED", "ensure_demo", "generate_demo"]
 
 DEMO_SEED = 0
-FORMAT_VERSION = 1  # bump whenever the generated content changes, so old demo folders are rebuilt
+FORMAT_VERSION = 2  # bump whenever the generated content changes, so old demo folders are rebuilt
+DEMO_MPP = 0.5  # microns per level-0 pixel the demo's slides state: a 20x scan's scale
 MARKER = ".demo-complete"  # written last: the folder is whole
 OWNER = ".demo-owner"  # written first: the folder is ours, even when incomplete
 DEFAULT_SIDES = (4096, 5120)  # drawn height and width range when no size is given
@@ -244,7 +245,13 @@ def _write_slide(root: Path, plan: _Plan) -> tuple[str, dict]:
     slide = draw_slide(plan.seed, plan.shape)
     folder = root / plan.split
     write_pyramid(
-        folder / f"{plan.slide_id}.tiff", slide.read_band, plan.shape, tile=BAND_ROWS, compression="jpeg", quality=90
+        folder / f"{plan.slide_id}.tiff",
+        slide.read_band,
+        plan.shape,
+        tile=BAND_ROWS,
+        compression="jpeg",
+        quality=90,
+        resolution_um=DEMO_MPP,
     )
     if plan.split == "train":  # test polygons are the answer: they go to solution.csv only
         write_annotations(folder / f"{plan.slide_id}.json", slide.glomeruli)

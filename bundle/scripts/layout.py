@@ -2,7 +2,8 @@
 
 Layout::
 
-    <dataset_dir>/train/<id>.tiff          training slides
+    <dataset_dir>/train/<id>.tiff          training slides (also .tif, .svs, .ndpi, .mrxs with its
+                                           folder <id>/, .scn, .bif)
     <dataset_dir>/train.csv                id,encoding (RLE of the glomerulus mask)
     <dataset_dir>/train/<id>.json          glomerulus polygons (QuPath GeoJSON, optional; the label
                                            of a training slide that has no train.csv row)
@@ -11,6 +12,9 @@ Layout::
     <dataset_dir>/test/<id>.tiff           slides to segment
     <dataset_dir>/sample_submission.csv    id,predicted (which test slides to segment)
     <dataset_dir>/solution.csv             id,encoding (test truth, optional)
+
+Every CSV may have an ``mpp`` column (microns per level-0 pixel of each slide), for slides whose
+files state no scale or state a wrong one.
 
 Ids read from CSV files are data, never paths: an id with a folder separator, ``..`` or any
 character outside ``[A-Za-z0-9._-]`` is rejected.
@@ -30,7 +34,8 @@ from .errors import DatasetError
 __all__ = ["CsvRow", "HubmapFolder", "check_slide_id", "is_safe_id", "read_csv_rows", "report_problems"]
 
 SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-SLIDE_SUFFIXES = (".tiff", ".tif")
+SLIDE_SUFFIXES = (".tiff", ".tif", ".svs", ".ndpi", ".mrxs", ".scn", ".bif")  # TIFF, Aperio, OpenSlide formats
+MPP_COLUMN = "mpp"
 
 
 def is_safe_id(slide_id: str) -> bool:
@@ -58,21 +63,24 @@ def check_slide_id(slide_id: str, where: str) -> str:
 
 @dataclass(frozen=True)
 class CsvRow:
-    """One data row of a two-column HuBMAP CSV file.
+    """One data row of a HuBMAP CSV file.
 
     Attributes:
         slide_id: the checked id.
         value: the second column (RLE, or empty).
         where: ``"<file> row <n>"`` for messages.
+        mpp: the optional ``mpp`` column as written (empty where absent), checked by :mod:`scripts.scale`.
     """
 
     slide_id: str
     value: str
     where: str
+    mpp: str = ""
 
 
 def read_csv_rows(path: Path, value_column: str) -> tuple[list[CsvRow], dict[str, str]]:
-    """Read ``id,<value_column>`` rows; a row with a bad or repeated id is set aside, not fatal.
+    """Read ``id,<value_column>`` rows (and the optional ``mpp`` column); a row with a bad or repeated id
+    is set aside, not fatal.
 
     Args:
         path: the CSV file.
@@ -93,7 +101,7 @@ def read_csv_rows(path: Path, value_column: str) -> tuple[list[CsvRow], dict[str
             if not reader.fieldnames or "id" not in reader.fieldnames or value_column not in reader.fieldnames:
                 raise DatasetError(f"{path}: expected the header 'id,{value_column}', found {reader.fieldnames}")
             raw = [
-                ((r["id"] or "").strip(), (r[value_column] or "").strip(), f"{path.name} row {n}")
+                ((r["id"] or "").strip(), (r[value_column] or "").strip(), f"{path.name} row {n}", r.get(MPP_COLUMN))
                 for n, r in enumerate(reader, start=2)
             ]
     except (OSError, UnicodeDecodeError, csv.Error) as error:
@@ -101,7 +109,7 @@ def read_csv_rows(path: Path, value_column: str) -> tuple[list[CsvRow], dict[str
     finally:
         csv.field_size_limit(previous_limit)
     rows, problems, seen = [], {}, set()
-    for slide_id, value, where in raw:
+    for slide_id, value, where, mpp in raw:
         try:
             check_slide_id(slide_id, where)
         except DatasetError as error:
@@ -111,7 +119,7 @@ def read_csv_rows(path: Path, value_column: str) -> tuple[list[CsvRow], dict[str
             problems[where] = f"{where}: id {slide_id!r} appears twice; keep one row per slide"
             continue
         seen.add(slide_id)
-        rows.append(CsvRow(slide_id, value, where))
+        rows.append(CsvRow(slide_id, value, where, (mpp or "").strip()))
     return rows, problems
 
 
@@ -122,12 +130,17 @@ class HubmapFolder:
     Args:
         root: the folder.
 
+    Attributes:
+        problems: ``{id or row location: reason}`` of listed slides left out.
+        mpp_rows: ``{id: row}`` of the CSV rows read so far that state the slide's scale (``mpp``).
+
     Raises:
         DatasetError: ``root`` does not exist.
     """
 
     root: Path
     problems: dict[str, str] = field(default_factory=dict, init=False, repr=False)
+    mpp_rows: dict[str, CsvRow] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -138,7 +151,7 @@ class HubmapFolder:
             )
 
     def slide_path(self, split: str, slide_id: str) -> Path | None:
-        """``<root>/<split>/<id>.tiff`` (or ``.tif``) if it exists."""
+        """``<root>/<split>/<id><suffix>`` for the first of :data:`SLIDE_SUFFIXES` that exists."""
         for suffix in SLIDE_SUFFIXES:
             path = self.root / split / f"{slide_id}{suffix}"
             if path.is_file():
@@ -189,6 +202,7 @@ class HubmapFolder:
             raise DatasetError(f"{path} not found: it lists the {split} slides and their masks (id,encoding)")
         rows, problems = read_csv_rows(path, "encoding")
         self.problems.update(problems)
+        self._note_mpp(rows)
         slides = {}
         for row in rows:
             image = self.slide_path(split, row.slide_id)
@@ -206,13 +220,14 @@ class HubmapFolder:
         """
         listing = self.root / "sample_submission.csv"
         if not listing.is_file():
-            paths = sorted(p for p in (self.root / "test").glob("*") if p.suffix in SLIDE_SUFFIXES)
+            paths = sorted(p for p in (self.root / "test").glob("*") if p.suffix in SLIDE_SUFFIXES and p.is_file())
             for path in paths:
                 if not is_safe_id(path.stem):
                     self.problems[str(path)] = f"{path}: file name is not a plain slide id; rename the file"
             return {p.stem: p for p in paths if is_safe_id(p.stem)}
         rows, problems = read_csv_rows(listing, "predicted")
         self.problems.update(problems)
+        self._note_mpp(rows)
         slides = {}
         for row in rows:
             image = self.slide_path("test", row.slide_id)
@@ -221,6 +236,10 @@ class HubmapFolder:
                 continue
             slides[row.slide_id] = image
         return slides
+
+    def _note_mpp(self, rows: list[CsvRow]) -> None:
+        """Keep the rows that state a slide's scale (:attr:`mpp_rows`), for :func:`scripts.scale.slide_scale`."""
+        self.mpp_rows.update({row.slide_id: row for row in rows if row.mpp})
 
 
 def _missing(row: CsvRow, split: str) -> str:

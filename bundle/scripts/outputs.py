@@ -71,9 +71,12 @@ class RunOutputs:
         """Write the slide's summary atomically (after every other file of the slide: it marks it complete)."""
         return write_text_atomic(self.summary_path(slide_id), json.dumps(summary, indent=1))
 
-    def write_mask(self, slide_id: str, read_rows: RowReader, shape: tuple[int, int]) -> Path:
-        """``masks/<id>.tiff`` (:func:`write_mask_tiff`), rows read top to bottom as they are made."""
-        return write_mask_tiff(self._slide_file("masks", slide_id, ".tiff"), read_rows, shape)
+    def write_mask(
+        self, slide_id: str, read_rows: RowReader, shape: tuple[int, int], resolution_um: float | None = None
+    ) -> Path:
+        """``masks/<id>.tiff`` (:func:`write_mask_tiff`), rows read top to bottom as they are made; with the
+        slide's microns per pixel, where known, so viewers overlay it at the slide's scale."""
+        return write_mask_tiff(self._slide_file("masks", slide_id, ".tiff"), read_rows, shape, resolution_um)
 
     def write_glomeruli(self, slide_id: str, polygons: list[Annotation]) -> Path:
         """``glomeruli/<id>.geojson``: the polygons at level 0 (:func:`scripts.annotations.write_annotations`)."""

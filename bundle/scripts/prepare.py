@@ -30,12 +30,15 @@ from .annotations import Annotation, rasterize, read_annotations
 from .pyramid import level_shape, pool_mask
 from .regions import check_inside, region_map
 from .rle import decode_columns, parse_rle
+from .scale import SlideScale
 from .slides import ensure_readable, inspect_slide, read_thumbnail, working_level
 from .store import (
     DOWNSCALE,
     FINGERPRINT,
     GLOMERULI,
     LABEL,
+    MPP,
+    MPP_SOURCE,
     REGIONS,
     SHAPE,
     SLIDE_ID,
@@ -106,6 +109,7 @@ def prepare_slide(
     tissue_options: dict | None = None,
     polygons: str | os.PathLike | None = None,
     regions: str | os.PathLike | None = None,
+    scale: SlideScale | None = None,
 ) -> PreparedSlide:
     """Make a slide cuCIM-readable and build (or reuse) its zarr store.
 
@@ -119,6 +123,8 @@ def prepare_slide(
         polygons: glomerulus polygons (QuPath GeoJSON), the label where ``rle`` is None; a slide
             with neither is unlabelled.
         regions: region polygons (``<id>-anatomical-structure.json``), or None to map tissue only.
+        scale: the slide's microns per pixel and what stated it (:func:`scripts.scale.slide_scale`),
+            recorded in the store for the slide's summary; None: not known.
 
     Returns:
         The prepared slide.
@@ -128,6 +134,7 @@ def prepare_slide(
         InputError: an annotation file is unreadable or lies outside the slide.
     """
     cache_dir = Path(cache_dir)
+    scale = scale or SlideScale(None, "none")
     image = ensure_readable(image_path, cache_dir / "slides", downscale)
     layout = inspect_slide(image, downscale)
     tissue_options = dict(tissue_options or {})
@@ -139,6 +146,7 @@ def prepare_slide(
         rle is None,
         _file_key(polygons) if rle is None else None,
         _file_key(regions),
+        [scale.mpp, scale.source],
         STORE_VERSION,
     ]
     fingerprint = hashlib.sha1(json.dumps(inputs).encode()).hexdigest()
@@ -148,7 +156,7 @@ def prepare_slide(
         label = _label_bands(slide_id, layout.shape, rle, polygons)
         region_polygons = _annotations_inside(regions, layout.shape) if regions is not None else None
         _build_store(
-            store, fingerprint, slide_id, image, layout.shape, downscale, label, region_polygons, tissue_options
+            store, fingerprint, slide_id, image, layout.shape, downscale, label, region_polygons, tissue_options, scale
         )
     return PreparedSlide(
         slide_id,
@@ -209,6 +217,7 @@ def _build_store(
     label: BandReader | None,
     regions: list[Annotation] | None,
     tissue_options: dict,
+    scale: SlideScale,
 ) -> None:
     """Write the store under a temporary name, then swap it in."""
     tmp = store.with_name(f".{store.name}.{os.getpid()}.tmp")
@@ -226,6 +235,8 @@ def _build_store(
             DOWNSCALE: downscale,
             TISSUE_DOWNSAMPLE: tissue_downsample,
             GLOMERULI: boxes,
+            MPP: scale.mpp,
+            MPP_SOURCE: scale.source,
             FINGERPRINT: fingerprint,
         }
     )

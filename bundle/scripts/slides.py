@@ -4,11 +4,13 @@ cuCIM is fast at random tiled reads but rejects or crashes on many real files (z
 predictor, stripped layouts, SubIFD pyramids, channel-first or 5-D shapes, RGBA, 16-bit). Every
 slide is therefore inspected with tifffile first; a file cuCIM can read at the working resolution
 as it is passes through untouched, anything else is converted once, streaming, into a canonical
-tiled pyramidal RGB TIFF in a cache folder (see :mod:`scripts.pyramid`).
+tiled pyramidal RGB TIFF in a cache folder (see :mod:`scripts.pyramid`). Scanner formats that only
+OpenSlide opens (:mod:`scripts.openslide_formats`) are inspected and converted through OpenSlide.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import importlib
@@ -16,7 +18,6 @@ import logging
 import os
 import sys
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,9 @@ import zarr
 
 from .errors import SlideError
 from .isolated import run_isolated
+from .openslide_formats import is_openslide_format, open_slide, openslide_band_reader, openslide_header
 from .pyramid import level_shape, num_levels, write_pyramid
+from .scale import stated_mpp
 
 __all__ = [
     "SlideLayout",
@@ -52,7 +55,7 @@ MAX_CHUNK_BYTES = 2**30  # a strip or tile is decoded whole: beyond this, memory
 CANONICAL_VERSION = 1  # bump when the canonical layout changes, so caches are rebuilt
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class SlideLayout:
     """What a slide file holds, as far as reading it is concerned.
 
@@ -62,6 +65,9 @@ class SlideLayout:
         axes: tifffile axes of the first series, e.g. ``"YXS"`` or ``"SYX"``.
         levels: ``(height, width)`` of each page in the main IFD chain that cuCIM sees as a level.
         problems: why cuCIM cannot read it as it is at the requested downscale (empty: it can).
+        stated_mpp: ``(x, y, source)`` microns per level-0 pixel as the file states them
+            (:func:`scripts.scale.stated_mpp`), or None.
+        via_openslide: the file is read through OpenSlide (always converted), not tifffile.
     """
 
     path: Path
@@ -69,10 +75,13 @@ class SlideLayout:
     axes: str
     levels: tuple[tuple[int, int], ...]
     problems: tuple[str, ...]
+    stated_mpp: tuple[float, float, str] | None = None
+    via_openslide: bool = False
 
 
 def inspect_slide(path: str | os.PathLike, downscale: int = 1) -> SlideLayout:
-    """Read a slide's header with tifffile and list what stops cuCIM from reading it directly.
+    """Read a slide's header with tifffile (a scanner format's with OpenSlide) and list what stops cuCIM
+    from reading it directly.
 
     Args:
         path: slide file.
@@ -82,7 +91,8 @@ def inspect_slide(path: str | os.PathLike, downscale: int = 1) -> SlideLayout:
         The file's :class:`SlideLayout`.
 
     Raises:
-        SlideError: the file is missing, empty, not a TIFF, or its header is implausible.
+        SlideError: the file is missing, empty, not a TIFF (or not a slide OpenSlide opens), or its header
+            is implausible.
     """
     path = Path(path)
     if not path.is_file():
@@ -90,18 +100,24 @@ def inspect_slide(path: str | os.PathLike, downscale: int = 1) -> SlideLayout:
     stat = path.stat()
     if stat.st_size == 0:
         raise SlideError(f"{path}: file is empty; copy the slide again")
-    # a run asks about each slide several times (cache check, thumbnail, working level): one header read
-    return _inspect_file(path, stat.st_size, stat.st_mtime_ns, downscale)
+    # a run asks about each slide several times (scale, cache check, thumbnail, working level): one header read
+    inspect = _inspect_openslide if is_openslide_format(path) else _inspect_file
+    layout = inspect(path, stat.st_size, stat.st_mtime_ns)
+    if level_shape(layout.shape, _log2(downscale)) in layout.levels:
+        return layout
+    return dataclasses.replace(layout, problems=(*layout.problems, f"no pyramid level at downscale {downscale}"))
 
 
 @functools.lru_cache(maxsize=256)
-def _inspect_file(path: Path, size: int, mtime_ns: int, downscale: int) -> SlideLayout:
-    """:func:`inspect_slide` of one version of a file (``size`` and ``mtime_ns`` key the cache)."""
+def _inspect_file(path: Path, size: int, mtime_ns: int) -> SlideLayout:
+    """:func:`inspect_slide` of one version of a file (``size`` and ``mtime_ns`` key the cache), but for
+    the working level, which depends on the downscale."""
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             axes, series_shape, dtype = series.axes, series.shape, series.dtype
             pages = [p for p in tif.pages if isinstance(p, tifffile.TiffPage)]  # TiffFrames share page 0's layout
+            scale = stated_mpp(tif)
     except Exception as error:  # tifffile raises many types on corrupt headers
         raise SlideError(f"{path}: not a readable TIFF ({_short(error)}); re-export it as a tiled TIFF") from None
     if "Y" not in axes or "X" not in axes:
@@ -111,8 +127,18 @@ def _inspect_file(path: Path, size: int, mtime_ns: int, downscale: int) -> Slide
         raise SlideError(f"{path}: implausible dimensions {shape[1]} x {shape[0]}; the header is corrupt")
     _check_data(path, pages[0])
     levels = tuple(p.shape[:2] for p in pages if _is_rgb_level(p, shape, pages[0]))
-    problems = _problems(pages[0], axes, series_shape, dtype, levels, shape, downscale)
-    return SlideLayout(path, shape, axes, levels, tuple(problems))
+    problems = _problems(pages[0], axes, series_shape, dtype)
+    return SlideLayout(path, shape, axes, levels, tuple(problems), scale)
+
+
+@functools.lru_cache(maxsize=256)
+def _inspect_openslide(path: Path, size: int, mtime_ns: int) -> SlideLayout:
+    """:func:`inspect_slide` of a scanner format OpenSlide reads: no level cuCIM could use, so it is converted."""
+    shape, stated = openslide_header(path)
+    if shape[0] * shape[1] > MAX_PIXELS or min(shape) < 1:
+        raise SlideError(f"{path}: implausible dimensions {shape[1]} x {shape[0]}; the header is corrupt")
+    problem = f"{path.suffix.lower()} is read through OpenSlide"
+    return SlideLayout(path, shape, "YXS", (), (problem,), stated, via_openslide=True)
 
 
 def _check_data(path: Path, page) -> None:
@@ -149,8 +175,8 @@ def _is_rgb_level(page, shape: tuple[int, int], first) -> bool:
     return same_kind and page.shape[0] <= shape[0] and page.shape[1] <= shape[1] and page.is_tiled == first.is_tiled
 
 
-def _problems(page, axes: str, series_shape: tuple, dtype, levels, shape, downscale: int) -> list[str]:
-    """Reasons a file must be converted before cuCIM sees it."""
+def _problems(page, axes: str, series_shape: tuple, dtype) -> list[str]:
+    """Reasons a file must be converted before cuCIM sees it, at any downscale."""
     problems = []
     if axes != "YXS" or series_shape[-1] != 3:
         problems.append(f"layout {axes} {tuple(series_shape)} is not (H, W, 3)")
@@ -166,8 +192,6 @@ def _problems(page, axes: str, series_shape: tuple, dtype, levels, shape, downsc
         problems.append("channels stored as separate planes")
     if page.subifds:
         problems.append("pyramid stored in SubIFDs (cuCIM sees only level 0)")
-    if level_shape(shape, _log2(downscale)) not in levels:
-        problems.append(f"no pyramid level at downscale {downscale}")
     return problems
 
 
@@ -260,7 +284,7 @@ def ensure_readable(path: str | os.PathLike, cache_dir: str | os.PathLike, downs
             probed.parent.mkdir(parents=True, exist_ok=True)
             probed.touch()
             return layout.path
-        layout = SlideLayout(layout.path, layout.shape, layout.axes, layout.levels, (f"cuCIM failed on it: {failure}",))
+        layout = dataclasses.replace(layout, problems=(f"cuCIM failed on it: {failure}",))
     target = cache_dir / f"{name}.tiff"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -302,14 +326,19 @@ def convert_to_canonical(layout: SlideLayout, target: Path, downscale: int = 1) 
     Returns:
         ``target``.
     """
+    levels = max(num_levels(layout.shape), _log2(downscale) + 1)
     try:
+        if layout.via_openslide:
+            with open_slide(layout.path) as slide:
+                read_band = openslide_band_reader(slide)
+                return write_pyramid(target, read_band, layout.shape, levels=levels, compression="jpeg", quality=95)
         with tifffile.TiffFile(layout.path) as tif:
             source = _open_source(layout.path, tif)
             read_band = _band_reader(source, layout.axes)
-            levels = max(num_levels(layout.shape), _log2(downscale) + 1)
             return write_pyramid(target, read_band, layout.shape, levels=levels, compression="jpeg", quality=95)
     except SlideError as error:
-        raise SlideError(f"{layout.path}: {error}") from None
+        message = str(error)
+        raise SlideError(message if message.startswith(str(layout.path)) else f"{layout.path}: {message}") from None
     except Exception as error:
         raise SlideError(
             f"{layout.path}: could not be decoded ({_short(error)}); re-export it as a tiled RGB TIFF"

@@ -6,7 +6,8 @@ reads stores through the functions here and never spells a key itself.
 Arrays: :data:`LABEL` (working resolution, labelled slides only), :data:`TISSUE` and :data:`REGIONS`
 (the tissue mask's resolution: :data:`TISSUE_DOWNSAMPLE` level-0 pixels per pixel; region codes in
 :mod:`scripts.regions`). Attributes: :data:`SLIDE_ID`, :data:`SHAPE` (level 0), :data:`DOWNSCALE`,
-:data:`TISSUE_DOWNSAMPLE`, :data:`GLOMERULI` (level-0 boxes ``[y0, x0, y1, x1]``) and
+:data:`TISSUE_DOWNSAMPLE`, :data:`GLOMERULI` (level-0 boxes ``[y0, x0, y1, x1]``), :data:`MPP` and
+:data:`MPP_SOURCE` (the slide's microns per level-0 pixel and what stated it, :mod:`scripts.scale`) and
 :data:`FINGERPRINT` (what the store was built from).
 """
 
@@ -18,11 +19,15 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from .scale import SlideScale
+
 __all__ = [
     "DOWNSCALE",
     "FINGERPRINT",
     "GLOMERULI",
     "LABEL",
+    "MPP",
+    "MPP_SOURCE",
     "REGIONS",
     "SHAPE",
     "SLIDE_ID",
@@ -33,6 +38,7 @@ __all__ = [
     "read_fingerprint",
     "read_glomeruli",
     "read_regions",
+    "read_scale",
     "read_tissue",
     "read_window",
 ]
@@ -46,6 +52,8 @@ SHAPE = "shape"
 DOWNSCALE = "downscale"
 TISSUE_DOWNSAMPLE = "tissue_downsample"
 GLOMERULI = "glomeruli"
+MPP = "mpp"
+MPP_SOURCE = "mpp_source"
 FINGERPRINT = "fingerprint"
 
 
@@ -70,6 +78,12 @@ def has_label(store: str | os.PathLike) -> bool:
 def read_glomeruli(store: str | os.PathLike) -> list[list[int]]:
     """The labelled glomeruli's level-0 boxes ``[y0, x0, y1, x1]`` (empty for an unlabelled slide)."""
     return list(open_store(store).attrs[GLOMERULI])
+
+
+def read_scale(store: str | os.PathLike) -> SlideScale:
+    """The slide's scale as preparation found it (a store without one: ``SlideScale(None, "none")``)."""
+    attrs = open_store(store).attrs
+    return SlideScale(attrs.get(MPP), attrs.get(MPP_SOURCE, "none"))
 
 
 def read_tissue(store: str | os.PathLike) -> tuple[np.ndarray, int]:

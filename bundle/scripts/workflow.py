@@ -6,6 +6,7 @@ a slide that cannot be used is reported and left out rather than stopping the ot
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,12 +16,13 @@ from ignite.engine import Engine
 
 from .demo import ensure_demo
 from .distributed import barrier, is_main_process, rank_share
-from .errors import DatasetError, InputError, user_errors
+from .errors import DatasetError, InputError, SlideError, user_errors
 from .handlers import MODEL_FILE, read_record
 from .layout import CsvRow, HubmapFolder, is_safe_id, report_problems
 from .prepare import PreparedSlide, prepare_slide
 from .regions import REGION_CODES
-from .slides import import_cucim_in_background
+from .scale import SlideScale, slide_scale, working_downscale
+from .slides import import_cucim_in_background, inspect_slide
 from .store import read_regions
 
 __all__ = [
@@ -33,6 +35,8 @@ __all__ = [
     "run_training",
     "training_slides",
 ]
+
+logger = logging.getLogger(__name__)
 
 PREPARE_WORKERS = 4  # slides prepared at the same time
 
@@ -78,9 +82,14 @@ def _prepare_all(
     tissue: dict | None,
     labelled: bool,
     share: bool = False,
+    working_mpp: float | None = None,
+    slide_mpp: float | None = None,
 ) -> SlideSet:
     """Prepare every listed slide (this rank's share of them when ``share``), ``PREPARE_WORKERS``
     at a time, keeping going past the ones that fail.
+
+    Each slide's scale is read (``slide_mpp``, else its CSV row's ``mpp``, else its file) and
+    recorded; with ``working_mpp`` it sets the slide's downscale (:func:`scripts.scale.working_downscale`).
 
     Args:
         folder: the dataset.
@@ -91,6 +100,8 @@ def _prepare_all(
         tissue: tissue-mask settings.
         labelled: whether the slides are labelled (their RLE becomes :attr:`SlideSet.truth`).
         share: prepare only this rank's share.
+        working_mpp: the model's microns per working pixel, or None to work at ``downscale``.
+        slide_mpp: microns per level-0 pixel of every slide, overriding what CSV and files state.
     """
     result = SlideSet(truth={} if labelled else None, listed=list(listed))
     ids = rank_share(list(listed)) if share else list(listed)
@@ -98,15 +109,26 @@ def _prepare_all(
     def prepare(slide_id: str) -> PreparedSlide:
         image, rle = listed[slide_id]
         polygons = folder.annotation_path(split, slide_id, "glomeruli") if labelled and rle is None else None
+        row = folder.mpp_rows.get(slide_id)
+        stated = inspect_slide(image).stated_mpp
+        try:
+            scale = slide_scale(stated, str(image), slide_mpp, row.mpp if row else None, row.where if row else "")
+        except SlideError as error:
+            if working_mpp is not None:
+                raise
+            # nothing depends on the scale of this run's slides: a wrong one costs the slide nothing
+            logger.warning("%s (the scale is only reported: left unknown)", error)
+            scale = SlideScale(None, "none")
         return prepare_slide(
             slide_id,
             image,
             cache_dir,
-            downscale,
+            working_downscale(scale, working_mpp, downscale, slide_id),
             rle,
             tissue,
             polygons,
             folder.annotation_path(split, slide_id, "regions"),
+            scale,
         )
 
     # several slides at once: each waits mostly on its cuCIM probe (a child process) and on native code
@@ -132,7 +154,13 @@ def _with_rle(slides: dict[str, tuple[Path, CsvRow]]) -> dict[str, tuple[Path, s
 
 @user_errors
 def training_slides(
-    dataset_dir: str, demo_dir: str, cache_dir: str, downscale: int, tissue: dict | None = None
+    dataset_dir: str,
+    demo_dir: str,
+    cache_dir: str,
+    downscale: int,
+    tissue: dict | None = None,
+    working_mpp: float | None = None,
+    slide_mpp: float | None = None,
 ) -> SlideSet:
     """Prepare the labelled slides: those of ``train.csv``, and those of ``train/`` with glomerulus
     polygons (``<id>.json``) but no row.
@@ -141,8 +169,11 @@ def training_slides(
         dataset_dir: HuBMAP-layout folder.
         demo_dir: the built-in demo's folder (generated when ``dataset_dir`` is it).
         cache_dir: canonical slides and zarr stores.
-        downscale: working resolution.
+        downscale: working resolution (of slides without a stated scale, when ``working_mpp`` is set).
         tissue: tissue-mask settings.
+        working_mpp: the model's microns per working pixel (each slide's downscale follows from its
+            scale), or None to work at ``downscale``.
+        slide_mpp: microns per level-0 pixel of every slide, overriding what CSV and files state.
 
     Returns:
         The slides; at least two, so that one can validate.
@@ -155,7 +186,7 @@ def training_slides(
             f"{folder.root}: no training slides; put them in train/<id>.tiff with their masks in "
             "train.csv (id,encoding) or glomerulus polygons in train/<id>.json"
         )
-    slides = _prepare_all(folder, "train", listed, cache_dir, downscale, tissue, True)
+    slides = _prepare_all(folder, "train", listed, cache_dir, downscale, tissue, True, False, working_mpp, slide_mpp)
     report_problems(slides.failed)
     if len(slides.prepared) < 2:
         raise DatasetError(
@@ -167,7 +198,13 @@ def training_slides(
 
 @user_errors
 def pseudo_labelled_slides(
-    dataset_dir: str, csv_path: str | None, cache_dir: str, downscale: int, tissue: dict | None = None
+    dataset_dir: str,
+    csv_path: str | None,
+    cache_dir: str,
+    downscale: int,
+    tissue: dict | None = None,
+    working_mpp: float | None = None,
+    slide_mpp: float | None = None,
 ) -> list[PreparedSlide]:
     """Prepare the slides of a pseudo-label file (``id,encoding``; images in ``test/``) for training.
 
@@ -177,6 +214,9 @@ def pseudo_labelled_slides(
         cache_dir: canonical slides and zarr stores.
         downscale: working resolution.
         tissue: tissue-mask settings.
+        working_mpp: the model's microns per working pixel (each slide's downscale follows from its
+            scale), or None to work at ``downscale``.
+        slide_mpp: microns per level-0 pixel of every slide, overriding what CSV and files state.
 
     Returns:
         The prepared slides (empty when ``csv_path`` is None); unusable rows are reported and left out.
@@ -185,19 +225,26 @@ def pseudo_labelled_slides(
         return []
     folder = HubmapFolder(Path(dataset_dir))
     listed = _with_rle(folder.labelled_slides(str(Path(csv_path).resolve()), "test"))
-    slides = _prepare_all(folder, "test", listed, cache_dir, downscale, tissue, True)
+    slides = _prepare_all(folder, "test", listed, cache_dir, downscale, tissue, True, False, working_mpp, slide_mpp)
     report_problems(slides.failed)
     return slides.slides
 
 
 @user_errors
 def inference_slides(
-    dataset_dir: str, demo_dir: str, cache_dir: str, downscale: int, tissue: dict | None = None
+    dataset_dir: str,
+    demo_dir: str,
+    cache_dir: str,
+    downscale: int,
+    tissue: dict | None = None,
+    working_mpp: float | None = None,
+    slide_mpp: float | None = None,
 ) -> SlideSet:
-    """Prepare the slides to segment (``sample_submission.csv``, else ``test/*.tiff``)."""
+    """Prepare the slides to segment (``sample_submission.csv``, else ``test/*.tiff``); the
+    arguments as :func:`training_slides` takes them."""
     folder = open_dataset(dataset_dir, demo_dir)
     listed = {slide_id: (image, None) for slide_id, image in folder.test_slides().items()}
-    slides = _prepare_all(folder, "test", listed, cache_dir, downscale, tissue, False, share=True)
+    slides = _prepare_all(folder, "test", listed, cache_dir, downscale, tissue, False, True, working_mpp, slide_mpp)
     if not slides.listed and not slides.failed:
         raise DatasetError(f"{folder.root}: no slides to segment; put them in test/<id>.tiff")
     return slides
@@ -205,9 +252,17 @@ def inference_slides(
 
 @user_errors
 def evaluation_slides(
-    dataset_dir: str, demo_dir: str, cache_dir: str, downscale: int, split: str = "test", tissue: dict | None = None
+    dataset_dir: str,
+    demo_dir: str,
+    cache_dir: str,
+    downscale: int,
+    split: str = "test",
+    tissue: dict | None = None,
+    working_mpp: float | None = None,
+    slide_mpp: float | None = None,
 ) -> SlideSet:
-    """Prepare labelled slides to score: ``solution.csv`` with ``test/`` or ``train.csv`` with ``train/``."""
+    """Prepare labelled slides to score: ``solution.csv`` with ``test/`` or ``train.csv`` with ``train/``;
+    the other arguments as :func:`training_slides` takes them."""
     if split not in ("test", "train"):
         raise DatasetError(f"eval_split must be 'test' (solution.csv) or 'train' (train.csv), got {split!r}")
     folder = open_dataset(dataset_dir, demo_dir)
@@ -220,7 +275,9 @@ def evaluation_slides(
         downscale,
         tissue,
         True,
-        share=True,
+        True,
+        working_mpp,
+        slide_mpp,
     )
     if not slides.listed:
         raise DatasetError(f"{folder.root / csv_name}: no usable labelled slides to evaluate")

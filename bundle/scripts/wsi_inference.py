@@ -47,7 +47,7 @@ from .outputs import RunOutputs
 from .prepare import PreparedSlide
 from .slides import read_thumbnail
 from .stitching import SlideStitchers, TissueWindows
-from .store import read_tissue
+from .store import read_scale, read_tissue
 
 __all__ = ["ConfidenceCounts", "SlidePredictionWriter", "finished_slides"]
 
@@ -266,7 +266,8 @@ class SlidePredictionWriter:
     def _write_mask(self, state: _SlideState) -> None:
         """The slide's mask TIFF, its rows read as the level-0 mask makes them."""
         try:
-            self.outputs.write_mask(state.slide.slide_id, state.level0.read_rows, state.slide.shape)
+            slide = state.slide
+            self.outputs.write_mask(slide.slide_id, state.level0.read_rows, slide.shape, read_scale(slide.store).mpp)
         except BaseException:
             state.level0.abort()  # what makes the rows must not wait for a reader that is gone
             raise
@@ -306,10 +307,14 @@ class SlidePredictionWriter:
         self.outputs.write_preview(name, thumbnail, mask.prediction_preview, mask.truth_preview)
         self.outputs.write_rle(name, mask.rle)
         tissue, _ = read_tissue(slide.store)
+        scale = read_scale(slide.store)
         summary = {
             "id": name,
             "width": slide.shape[1],
             "height": slide.shape[0],
+            "mpp": scale.mpp,  # microns per level-0 pixel, None where nothing stated it
+            "mpp_source": scale.source,
+            "downscale": slide.downscale,
             "glomeruli": len(polygons),
             "glomerulus_pixels": state.level0.area,
             "tissue_fraction": round(float(np.mean(tissue > 0)), 4),

@@ -1,0 +1,122 @@
+"""Reading slides through OpenSlide against cuCIM, side by side on the same Aperio SVS.
+
+    python bench/openslide_read.py                  # the demo's test slide as an SVS, 200 windows
+    python bench/openslide_read.py --windows 500 --repeats 3
+
+Writes the demo's test slide (generated on first use) as an Aperio SVS (JPEG 90 tiles of 256, the
+scale in the description, reduced levels at 2 and 4) that both libraries open, then reads the same
+``--windows`` windows of 512 x 512 at the working level (downscale 2) through each, in turn, for
+``--repeats`` rounds; printed: the median milliseconds per window of each and **OpenSlide/cuCIM**
+(goal: at most 1.5). Then the path the bundle takes for NDPI, MRXS, SCN and BIF slides: the same
+pixels as a file only OpenSlide is asked to open, converted once into the canonical pyramid cuCIM
+reads (``slides.ensure_readable``), timed as megapixels of level 0 per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from common import BUNDLE
+from scripts.demo import DEMO_MPP, ensure_demo
+from scripts.openslide_formats import open_slide
+from scripts.slides import ensure_readable
+
+LEVELS = (1, 2, 4)  # level-0 pixels per pixel of each level written
+WINDOW = 512  # working pixels a side
+DOWNSCALE = 2
+
+
+def write_svs(path: Path, image: np.ndarray) -> None:
+    """An Aperio SVS of ``image`` as scanners write it (tifffile's own metadata left out, so that
+    OpenSlide reads the Aperio description)."""
+    height, width = image.shape[:2]
+    description = f"Aperio Image Library v12.0.15\n{width}x{height} (256x256) JPEG/RGB Q=90|MPP = {DEMO_MPP}"
+    with tifffile.TiffWriter(path, bigtiff=True) as tif:
+        for level in LEVELS:
+            pixels = np.ascontiguousarray(image[::level, ::level])
+            options = dict(tile=(256, 256), compression="jpeg", compressionargs={"level": 90}, photometric="rgb")
+            first = description if level == 1 else "Aperio Image Library"
+            tif.write(pixels, description=first, metadata=None, **options)
+
+
+def window_origins(shape: tuple[int, int], count: int, seed: int = 0) -> list[tuple[int, int]]:
+    """Level-0 ``(x, y)`` of ``count`` windows spread over the slide (the same for both readers)."""
+    rng = np.random.default_rng(seed)
+    side = WINDOW * DOWNSCALE
+    ys = rng.integers(0, max(shape[0] - side, 1), count)
+    xs = rng.integers(0, max(shape[1] - side, 1), count)
+    return list(zip(xs.tolist(), ys.tolist(), strict=True))
+
+
+def time_reads(read, origins) -> float:
+    """Median milliseconds per window of ``read(x, y)``."""
+    times = []
+    for x, y in origins:
+        start = time.perf_counter()
+        window = read(x, y)
+        times.append((time.perf_counter() - start) * 1000)
+        assert window.shape[:2] == (WINDOW, WINDOW)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--demo", default=str(BUNDLE / "data" / "demo"))
+    parser.add_argument("--windows", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    from cucim import CuImage
+
+    demo_slide = sorted((ensure_demo(args.demo) / "test").glob("*.tiff"))[0]
+    image = np.asarray(CuImage(str(demo_slide)).read_region(location=(0, 0), level=0, device="cpu"))[..., :3]
+    work = Path(tempfile.mkdtemp(prefix="openslide_read_"))
+    svs = work / "slide.svs"
+    write_svs(svs, image)
+    origins = window_origins(image.shape[:2], args.windows)
+    level = LEVELS.index(DOWNSCALE)
+    cucim_slide = CuImage(str(svs))
+    with open_slide(svs) as slide:
+        assert slide.properties.get("openslide.vendor") == "aperio" and slide.level_downsamples[level] == DOWNSCALE
+
+        def through_openslide(x: int, y: int) -> np.ndarray:
+            return np.asarray(slide.read_region((x, y), level, (WINDOW, WINDOW)))[..., :3]
+
+        def through_cucim(x: int, y: int) -> np.ndarray:
+            return np.asarray(cucim_slide.read_region(location=(x, y), size=(WINDOW, WINDOW), level=level))
+
+        rounds = []
+        for _ in range(args.repeats):
+            rounds.append((time_reads(through_cucim, origins), time_reads(through_openslide, origins)))
+    cucim_ms = statistics.median(r[0] for r in rounds)
+    openslide_ms = statistics.median(r[1] for r in rounds)
+    print(
+        f"{image.shape[1]} x {image.shape[0]} SVS, {args.windows} windows of {WINDOW} at downscale {DOWNSCALE}, "
+        f"{args.repeats} rounds (cuCIM, OpenSlide ms per window: "
+        + "; ".join(f"{c:.2f}, {o:.2f}" for c, o in rounds)
+        + ")"
+    )
+    ratio = openslide_ms / cucim_ms
+    print(f"cuCIM {cucim_ms:.2f} ms, OpenSlide {openslide_ms:.2f} ms per window: OpenSlide/cuCIM {ratio:.2f}")
+
+    scanner_format = work / "slide.ndpi"  # a name the bundle reads through OpenSlide (which opens it by content)
+    scanner_format.symlink_to(svs)
+    start = time.perf_counter()
+    ensure_readable(scanner_format, work / "cache", DOWNSCALE)
+    seconds = time.perf_counter() - start
+    megapixels = image.shape[0] * image.shape[1] / 1e6
+    print(
+        f"conversion through OpenSlide into cuCIM's pyramid: {megapixels:.1f} MP in {seconds:.1f} s, "
+        f"{megapixels / seconds:.1f} MP/s (once per slide)"
+    )
+
+
+if __name__ == "__main__":
+    main()
