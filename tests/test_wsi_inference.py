@@ -265,8 +265,8 @@ def test_a_stitching_error_ends_the_run_with_that_error_and_nothing_waits(slides
 def test_the_same_tissue_scanned_at_two_scales_gives_the_same_mask_at_each_slides_level_0(tmp_path):
     """A model's working scale (1 micron per pixel here) reached from a 0.5 and a 0.25 micron-per-pixel
     scan of the same tissue: each slide works at its own level (downscale 2 and 4) and each mask is
-    at the slide's own level 0."""
-    image, _ = disc_slide(shape=(1000, 1200), discs=DISCS)
+    at the slide's own level 0; a speck below the smallest glomerulus is left out of both counts."""
+    image, _ = disc_slide(shape=(1000, 1200), discs=(*DISCS, (150, 900, 22)))
     scans = {"coarse": (image, 0.5), "fine": (np.repeat(np.repeat(image, 2, axis=0), 2, axis=1), 0.25)}
     prepared = []
     for name, (pixels, mpp) in scans.items():
@@ -281,3 +281,5 @@ def test_the_same_tissue_scanned_at_two_scales_gives_the_same_mask_at_each_slide
     assert fine.shape == (2000, 2400) and coarse.sum() > 0.05 * coarse.size
     differing = (coarse != fine[::2, ::2]).mean()  # the fine mask at the coarse scan's pixels
     assert differing < 0.005
+    counts = [json.loads((tmp_path / "out" / "summaries" / f"{name}.json").read_text())["glomeruli"] for name in scans]
+    assert counts == [len(DISCS), len(DISCS)]

@@ -131,7 +131,7 @@ class SlidePredictionWriter:
         listed: every slide id of the run in submission order (all ranks); default ``slides``.
         save_heatmap: also write the probabilities as a pyramidal 8-bit TIFF.
         min_area: polygons (and the glomerulus count) leave out specks smaller than this many
-            level-0 pixels; the mask and the RLE keep every pixel.
+            working pixels; the mask and the RLE keep every pixel.
     """
 
     def __init__(
@@ -144,7 +144,7 @@ class SlidePredictionWriter:
         failed: dict[str, str] | None = None,
         listed: Sequence[str] | None = None,
         save_heatmap: bool = False,
-        min_area: float = 2000.0,
+        min_area: float = 500.0,
     ) -> None:
         self.outputs = RunOutputs(output_dir)
         self.slides = {slide.slide_id: slide for slide in slides}
@@ -256,7 +256,9 @@ class SlidePredictionWriter:
                 overwrite=True,
             )
             level0 = Level0Mask(slide.shape, slide.downscale, self.threshold, _preview_downsample(slide.shape))
-            polygons = PolygonTracer(slide.working_shape, scale=slide.downscale, min_area=self.min_area)
+            # the same physical size on every slide, whatever its own scale: working pixels, in level-0 pixels
+            level0_area = self.min_area * slide.downscale**2
+            polygons = PolygonTracer(slide.working_shape, scale=slide.downscale, min_area=level0_area)
             bar = tqdm(desc=slide_id, unit="window", leave=False)
             state = _SlideState(slide, probability, level0, polygons, bar)
             state.mask = self._mask_writer.submit(self._write_mask, state)
