@@ -202,6 +202,8 @@ def test_inference_takes_the_scale_its_models_were_trained_at_and_refuses_member
     pair = [str(tmp_path / f"fold{k}" / "model.pt") for k in (0, 1)]
     assert recorded_setting(pair, "working_mpp") == 1.0
     assert recorded_setting(pair, "not_recorded") is None
+    saved(tmp_path / "plain" / "model.pt", small_unet())  # no record: taken as it is, so it cannot disagree
+    assert recorded_setting([*pair, str(tmp_path / "plain" / "model.pt")], "working_mpp") == 1.0
     with pytest.raises(SystemExit) as error:
         recorded_setting(str(tmp_path), "working_mpp")
     message = str(error.value)

@@ -79,17 +79,18 @@ def recorded_setting(ckpt_path: str | os.PathLike | Sequence[str | os.PathLike],
         key: the setting, e.g. ``working_mpp``.
 
     Returns:
-        The recorded value, or None where no member recorded one.
+        The recorded value, or None where no member recorded one (a model without the record is taken
+        as it is, as :func:`ensemble` takes it).
     """
-    paths = checkpoint_files(ckpt_path)
-    values = {str(path): (read_record(path.parent) or {}).get(key) for path in paths}
+    records = {path: read_record(path.parent) or {} for path in checkpoint_files(ckpt_path)}
+    values = {str(path): record[key] for path, record in records.items() if key in record}
     if len(set(map(repr, values.values()))) > 1:
         listing = ", ".join(f"{path}: {value}" for path, value in values.items())
         raise InputError(
             f"the members of {ckpt_path} were trained with different {key} ({listing}); ensemble only "
             f"models trained with the same {key}"
         )
-    return next(iter(values.values()))
+    return next(iter(values.values()), None)
 
 
 def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -10,6 +10,7 @@ the same library for random access; here each slide's level 0 is read once, a ba
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +18,14 @@ import numpy as np
 
 from .errors import SlideError
 
-__all__ = ["OPENSLIDE_SUFFIXES", "is_openslide_format", "open_slide", "openslide_band_reader", "openslide_header"]
+__all__ = [
+    "OPENSLIDE_SUFFIXES",
+    "is_openslide_format",
+    "open_slide",
+    "openslide_band_reader",
+    "openslide_header",
+    "probe_in_child",
+]
 
 # Formats read through OpenSlide. Aperio SVS is a TIFF that cuCIM reads directly (and converts like any
 # awkward TIFF when it cannot), so it stays on that faster path.
@@ -81,6 +89,20 @@ def openslide_header(path: str | os.PathLike) -> tuple[tuple[int, int], tuple[fl
     if all(value is not None for value in values):
         stated = (_number(values[0]), _number(values[1]), "OpenSlide mpp")
     return (int(height), int(width)), stated
+
+
+def probe_in_child(path: str) -> None:
+    """Open a slide and decode a small region of each level, in the child process
+    :func:`scripts.slides.inspect_slide` starts before it trusts the file (OpenSlide's decoders are native
+    code: a crafted file must cost its slide, not the run); a failure exits with one line."""
+    try:
+        with open_slide(path) as slide:
+            for level, (width, height) in enumerate(slide.level_dimensions):
+                scale = slide.level_downsamples[level]
+                centre = (int(width // 2 * scale), int(height // 2 * scale))
+                slide.read_region(centre, level, (min(64, width), min(64, height)))
+    except SlideError as error:
+        sys.exit(str(error))  # one line on stderr: run_isolated passes it on
 
 
 def _number(text: str) -> float:

@@ -26,7 +26,7 @@ import zarr
 
 from .errors import SlideError
 from .isolated import run_isolated
-from .openslide_formats import is_openslide_format, open_slide, openslide_band_reader, openslide_header
+from .openslide_formats import is_openslide_format, open_slide, openslide_band_reader, openslide_header, probe_in_child
 from .pyramid import level_shape, num_levels, write_pyramid
 from .scale import stated_mpp
 
@@ -133,7 +133,11 @@ def _inspect_file(path: Path, size: int, mtime_ns: int) -> SlideLayout:
 
 @functools.lru_cache(maxsize=256)
 def _inspect_openslide(path: Path, size: int, mtime_ns: int) -> SlideLayout:
-    """:func:`inspect_slide` of a scanner format OpenSlide reads: no level cuCIM could use, so it is converted."""
+    """:func:`inspect_slide` of a scanner format OpenSlide reads: no level cuCIM could use, so it is converted.
+    The file is opened in a child process first, as cuCIM's probe does, and only then in this one."""
+    failure = run_isolated(f"{probe_in_child.__module__}:{probe_in_child.__name__}", str(path))
+    if failure is not None:
+        raise SlideError(failure if failure.startswith(str(path)) else f"{path}: OpenSlide failed on it ({failure})")
     shape, stated = openslide_header(path)
     if shape[0] * shape[1] > MAX_PIXELS or min(shape) < 1:
         raise SlideError(f"{path}: implausible dimensions {shape[1]} x {shape[0]}; the header is corrupt")
