@@ -209,3 +209,12 @@ def test_inference_takes_the_scale_its_models_were_trained_at_and_refuses_member
     message = str(error.value)
     assert "different working_mpp" in message and str(tmp_path / "fold2" / "model.pt") in message
     assert "\n" not in message
+
+
+def test_a_working_mpp_that_contradicts_the_models_is_one_line_not_a_silent_rescale(tmp_path):
+    saved(tmp_path / "model.pt", small_unet())
+    (tmp_path / "best.json").write_text(json.dumps({"downscale": 2, "working_mpp": 1.0}))
+    with pytest.raises(SystemExit) as error:
+        ensemble(small_unet(), str(tmp_path / "model.pt"), {"downscale": 2, "working_mpp": 0.5})
+    assert "trained with working_mpp 1.0" in str(error.value) and "pass --working_mpp 1.0" in str(error.value)
+    assert ensemble(small_unet(), str(tmp_path / "model.pt"), {"downscale": 2, "working_mpp": 1.0}) is not None
