@@ -171,3 +171,13 @@ def test_an_mpp_column_is_read_where_present_and_kept_for_the_rows_that_state_on
     folder.labelled_slides()
     assert list(folder.mpp_rows) == ["a"] and folder.mpp_rows["a"].where == "train.csv row 2"
     assert read_csv_rows(write(tmp_path / "plain.csv", "id,encoding\na,1 2\n"), "encoding")[0][0].mpp == ""
+
+
+def test_scanner_files_in_either_case_are_listed_and_found_and_an_mrxs_folder_is_not_a_slide(tmp_path):
+    for name in ("a.SVS", "b.ndpi", "c.mrxs", "d.scn", "e.BIF"):
+        write(tmp_path / "test" / name, "x")
+    (tmp_path / "test" / "c").mkdir()  # the MRXS slide's data folder
+    folder = HubmapFolder(tmp_path)
+    assert sorted(folder.test_slides()) == ["a", "b", "c", "d", "e"] and not folder.problems
+    assert folder.slide_path("test", "a") == tmp_path / "test" / "a.SVS"
+    assert folder.slide_path("test", "e") == tmp_path / "test" / "e.BIF"

@@ -151,11 +151,13 @@ class HubmapFolder:
             )
 
     def slide_path(self, split: str, slide_id: str) -> Path | None:
-        """``<root>/<split>/<id><suffix>`` for the first of :data:`SLIDE_SUFFIXES` that exists."""
+        """``<root>/<split>/<id><suffix>`` for the first of :data:`SLIDE_SUFFIXES` that exists, in lower or
+        upper case (files copied from some scanners' systems come as ``.SVS`` or ``.NDPI``)."""
         for suffix in SLIDE_SUFFIXES:
-            path = self.root / split / f"{slide_id}{suffix}"
-            if path.is_file():
-                return path
+            for cased in (suffix, suffix.upper()):
+                path = self.root / split / f"{slide_id}{cased}"
+                if path.is_file():
+                    return path
         return None
 
     def annotation_path(self, split: str, slide_id: str, kind: str) -> Path | None:
@@ -220,7 +222,9 @@ class HubmapFolder:
         """
         listing = self.root / "sample_submission.csv"
         if not listing.is_file():
-            paths = sorted(p for p in (self.root / "test").glob("*") if p.suffix in SLIDE_SUFFIXES and p.is_file())
+            paths = sorted(
+                p for p in (self.root / "test").glob("*") if p.suffix.lower() in SLIDE_SUFFIXES and p.is_file()
+            )
             for path in paths:
                 if not is_safe_id(path.stem):
                     self.problems[str(path)] = f"{path}: file name is not a plain slide id; rename the file"
