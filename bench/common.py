@@ -27,6 +27,20 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
+def read_level0(path: Path) -> np.ndarray:
+    """A (demo-size) slide's level 0, whole, as ``(h, w, 3) uint8``, through cuCIM."""
+    from cucim import CuImage
+
+    return np.asarray(CuImage(str(path)).read_region(location=(0, 0), level=0, device="cpu"))[..., :3]
+
+
+def demo_test_slide(demo_dir: str | Path) -> Path:
+    """The demo's test slide, the demo generated first where it is missing or outdated."""
+    from scripts.demo import ensure_demo
+
+    return sorted((ensure_demo(demo_dir) / "test").glob("*.tiff"))[0]
+
+
 def tiled_slide(
     path: Path,
     source: Path,
@@ -51,11 +65,9 @@ def tiled_slide(
     Returns:
         The slide's ``(height, width)``.
     """
-    from cucim import CuImage
-
     from scripts.pyramid import write_pyramid
 
-    tile = np.asarray(CuImage(str(source)).read_region(location=(0, 0), level=0, device="cpu"))[..., :3]
+    tile = read_level0(source)
     height, width = crop or (tile.shape[0] * rows, tile.shape[1] * (cols + glass_cols))
     glass = np.full((tile.shape[0], tile.shape[1] * glass_cols, 3), 240, np.uint8)
     strip = np.concatenate([np.concatenate([tile] * cols, axis=1), glass], axis=1)[:, :width]

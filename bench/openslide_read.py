@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from common import BUNDLE
-from scripts.demo import DEMO_MPP, ensure_demo
+from common import BUNDLE, demo_test_slide, read_level0
+from scripts.demo import DEMO_MPP
 from scripts.openslide_formats import open_slide
 from scripts.slides import ensure_readable
 
@@ -75,8 +75,7 @@ def main() -> None:
 
     from cucim import CuImage
 
-    demo_slide = sorted((ensure_demo(args.demo) / "test").glob("*.tiff"))[0]
-    image = np.asarray(CuImage(str(demo_slide)).read_region(location=(0, 0), level=0, device="cpu"))[..., :3]
+    image = read_level0(demo_test_slide(args.demo))
     work = Path(tempfile.mkdtemp(prefix="openslide_read_"))
     svs = work / "slide.svs"
     write_svs(svs, image)

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from common import BUNDLE, REPO
-from scripts.demo import DEMO_MPP, ensure_demo
+from common import BUNDLE, REPO, demo_test_slide, read_level0
+from scripts.demo import DEMO_MPP
 from scripts.pyramid import write_pyramid
 
 
@@ -46,10 +46,7 @@ def main() -> None:
     parser.add_argument("--work-dir", default=None, help="dataset and outputs (default: a new temporary folder)")
     args = parser.parse_args()
 
-    from cucim import CuImage
-
-    demo_slide = sorted((ensure_demo(args.demo) / "test").glob("*.tiff"))[0]
-    image = np.asarray(CuImage(str(demo_slide)).read_region(location=(0, 0), level=0, device="cpu"))[..., :3]
+    image = read_level0(demo_test_slide(args.demo))
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="scale_agreement_"))
     for name, factor in (("coarse", 1), ("fine", 2)):
         write_scaled(work / "data" / "test" / f"{name}.tiff", image, factor, DEMO_MPP / factor)

@@ -10,6 +10,7 @@ OpenSlide opens (:mod:`scripts.openslide_formats`) are inspected and converted t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -332,13 +333,7 @@ def convert_to_canonical(layout: SlideLayout, target: Path, downscale: int = 1) 
     """
     levels = max(num_levels(layout.shape), _log2(downscale) + 1)
     try:
-        if layout.via_openslide:
-            with open_slide(layout.path) as slide:
-                read_band = openslide_band_reader(slide)
-                return write_pyramid(target, read_band, layout.shape, levels=levels, compression="jpeg", quality=95)
-        with tifffile.TiffFile(layout.path) as tif:
-            source = _open_source(layout.path, tif)
-            read_band = _band_reader(source, layout.axes)
+        with _level0_bands(layout) as read_band:
             return write_pyramid(target, read_band, layout.shape, levels=levels, compression="jpeg", quality=95)
     except SlideError as error:
         message = str(error)
@@ -347,6 +342,17 @@ def convert_to_canonical(layout: SlideLayout, target: Path, downscale: int = 1) 
         raise SlideError(
             f"{layout.path}: could not be decoded ({_short(error)}); re-export it as a tiled RGB TIFF"
         ) from None
+
+
+@contextlib.contextmanager
+def _level0_bands(layout: SlideLayout):
+    """``read_band(y0, y1)`` over the slide's level 0, through OpenSlide or tifffile, open while in use."""
+    if layout.via_openslide:
+        with open_slide(layout.path) as slide:
+            yield openslide_band_reader(slide)
+        return
+    with tifffile.TiffFile(layout.path) as tif:
+        yield _band_reader(_open_source(layout.path, tif), layout.axes)
 
 
 def _open_source(path: Path, tif: tifffile.TiffFile):

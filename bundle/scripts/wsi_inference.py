@@ -45,6 +45,7 @@ from .level0 import Level0Mask
 from .metrics import mean_dice, rle_dice
 from .outputs import RunOutputs
 from .prepare import PreparedSlide
+from .scale import SlideScale
 from .slides import read_thumbnail
 from .stitching import SlideStitchers, TissueWindows
 from .store import read_scale, read_tissue
@@ -99,6 +100,7 @@ class _SlideState:
     """What the writer holds for a slide while its windows arrive."""
 
     slide: PreparedSlide
+    scale: SlideScale  # what preparation recorded: the mask TIFF and the summary state it
     probability: zarr.Array
     level0: Level0Mask
     polygons: PolygonTracer
@@ -260,7 +262,7 @@ class SlidePredictionWriter:
             level0_area = self.min_area * slide.downscale**2
             polygons = PolygonTracer(slide.working_shape, scale=slide.downscale, min_area=level0_area)
             bar = tqdm(desc=slide_id, unit="window", leave=False)
-            state = _SlideState(slide, probability, level0, polygons, bar)
+            state = _SlideState(slide, read_scale(slide.store), probability, level0, polygons, bar)
             state.mask = self._mask_writer.submit(self._write_mask, state)
             self._states[slide_id] = state
         return self._states[slide_id]
@@ -269,7 +271,7 @@ class SlidePredictionWriter:
         """The slide's mask TIFF, its rows read as the level-0 mask makes them."""
         try:
             slide = state.slide
-            self.outputs.write_mask(slide.slide_id, state.level0.read_rows, slide.shape, read_scale(slide.store).mpp)
+            self.outputs.write_mask(slide.slide_id, state.level0.read_rows, slide.shape, state.scale.mpp)
         except BaseException:
             state.level0.abort()  # what makes the rows must not wait for a reader that is gone
             raise
@@ -309,7 +311,7 @@ class SlidePredictionWriter:
         self.outputs.write_preview(name, thumbnail, mask.prediction_preview, mask.truth_preview)
         self.outputs.write_rle(name, mask.rle)
         tissue, _ = read_tissue(slide.store)
-        scale = read_scale(slide.store)
+        scale = state.scale
         summary = {
             "id": name,
             "width": slide.shape[1],
