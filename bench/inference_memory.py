@@ -8,6 +8,10 @@ checkpoint; printed: peak resident memory per slide size and batch, and wall tim
 
     python bench/inference_memory.py                       # 30000 x 40000 and 15000 x 20000, batch 4
     python bench/inference_memory.py --sizes 30000x40000 --batches 4 16
+    python bench/inference_memory.py --sizes 15000x20000 --suffix .ndpi       # converted through OpenSlide
+    python bench/inference_memory.py --sizes 15000x20000 --slide-mpp 0.4      # resampled between levels
+
+The peak counts the child processes that probe, convert or resample a slide, whichever is largest.
 """
 
 from __future__ import annotations
@@ -33,8 +37,8 @@ def crop_to(path: Path, height: int, width: int, demo_slide: Path) -> None:
     tiled_slide(path, demo_slide, rows, cols, glass, crop=(height, width))
 
 
-def run(dataset: Path, out: Path, batch: int, ckpt: str) -> tuple[float, float]:
-    """``(peak GiB, seconds)`` of one inference run."""
+def run(dataset: Path, out: Path, batch: int, ckpt: str, extra: list[str]) -> tuple[float, float]:
+    """``(peak GiB, seconds)`` of one inference run, with ``extra`` arguments."""
     command = [
         "/usr/bin/time",
         "-v",
@@ -55,6 +59,7 @@ def run(dataset: Path, out: Path, batch: int, ckpt: str) -> tuple[float, float]:
         ckpt,
         "--batch_size",
         str(batch),
+        *extra,
     ]
     started = time.perf_counter()
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
@@ -71,7 +76,10 @@ def main() -> None:
     parser.add_argument("--batches", nargs="+", type=int, default=[4])
     parser.add_argument("--ckpt", default=str(BUNDLE / "models" / "model.pt"))
     parser.add_argument("--demo", default=str(BUNDLE / "data" / "demo"))
+    parser.add_argument("--suffix", default=".tiff", help="the slide's file name ending, e.g. .ndpi (OpenSlide)")
+    parser.add_argument("--slide-mpp", type=float, default=None, help="the slides' stated scale (--slide_mpp)")
     args = parser.parse_args()
+    extra = [] if args.slide_mpp is None else ["--slide_mpp", str(args.slide_mpp)]
     if not Path(args.ckpt).is_file():
         sys.exit(f"no checkpoint at {args.ckpt}: train first (README's first command) or pass --ckpt")
     demo_slide = sorted((Path(args.demo) / "test").glob("*.tiff"))[0]
@@ -80,11 +88,12 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="bench-memory-") as folder:
             dataset = Path(folder) / "data"
             (dataset / "test").mkdir(parents=True)
-            crop_to(dataset / "test" / "big.tiff", height, width, demo_slide)
+            crop_to(dataset / "test" / f"big{args.suffix}", height, width, demo_slide)
             for batch in args.batches:
-                peak, seconds = run(dataset, Path(folder) / f"out{batch}", batch, args.ckpt)
+                peak, seconds = run(dataset, Path(folder) / f"out{batch}", batch, args.ckpt, extra)
                 print(
-                    f"slide {width} x {height} (half tissue), batch {batch}: peak {peak:.2f} GiB "
+                    f"slide {width} x {height} (half tissue, {args.suffix}, "
+                    f"{args.slide_mpp or 'stated'} um/px), batch {batch}: peak {peak:.2f} GiB "
                     f"(goal < 3 GiB), {seconds:.0f} s",
                     flush=True,
                 )

@@ -179,6 +179,18 @@ def test_fine_tuning_starts_from_one_model_and_refuses_an_ensemble(tmp_path):
         load_initial_weights(network, str(tmp_path / "ensemble"))
 
 
+def test_fine_tuning_refuses_a_model_learnt_at_another_scale(tmp_path):
+    saved(tmp_path / "start" / "model.pt", seeded_unet(4))
+    (tmp_path / "start" / "best.json").write_text(json.dumps({"working_mpp": 0.5, "downscale": 2, "patch_size": 256}))
+    network = seeded_unet(0)
+    with pytest.raises(SystemExit, match=r"start/model.pt was trained with working_mpp 0.5 .*--working_mpp 0.5"):
+        load_initial_weights(network, str(tmp_path / "start"), {"downscale": 2, "working_mpp": 1.0})
+    torch.testing.assert_close(network.state_dict(), seeded_unet(0).state_dict())  # nothing was loaded
+    # the same scale starts from it; a recorded patch size is not a scale (the run's own is used)
+    load_initial_weights(network, str(tmp_path / "start"), {"downscale": 2, "working_mpp": 0.5})
+    torch.testing.assert_close(network.state_dict(), seeded_unet(4).state_dict())
+
+
 def test_members_trained_at_another_working_resolution_are_one_line_naming_the_file(tmp_path):
     saved(tmp_path / "fold0" / "model.pt", small_unet())
     (tmp_path / "fold0" / "best.json").write_text(json.dumps({"metric": 0.8, "epoch": 5, "downscale": 2}))

@@ -46,6 +46,6 @@ def test_cucim_crashing_on_deflate_with_a_predictor_only_kills_the_child(tmp_pat
 def test_conversion_failure_is_one_line_naming_the_file(tmp_path):
     path = tmp_path / "notes.tiff"
     path.write_text("not an image")
-    failure = run_isolated("scripts.slides:convert_in_child", str(path), str(tmp_path / "out.tiff"), "2")
+    failure = run_isolated("scripts.slides:convert_in_child", str(path), str(tmp_path / "out.tiff"), "2", "")
     assert failure is not None and str(path) in failure and "\n" not in failure
     assert not (tmp_path / "out.tiff").exists()

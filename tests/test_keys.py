@@ -12,7 +12,7 @@ from scripts.prepare import PreparedSlide
 
 
 def test_the_slide_keys_name_fields_of_the_prepared_slide_as_it_travels_in_datalists():
-    slide = PreparedSlide("s1", "s1.tiff", (700, 900), 1, 2, "stores/s1", True, 2)
+    slide = PreparedSlide("s1", "s1.tiff", (700, 900), 1, 2, (700, 900), 2, "stores/s1", True, 2)
     item = slide.as_dict()
     for key in (keys.SLIDE_ID, keys.IMAGE, keys.SHAPE, keys.DOWNSCALE, keys.STORE, *keys.WINDOW_META_KEYS):
         assert key in {field.name for field in fields(PreparedSlide)} and key in item

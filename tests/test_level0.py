@@ -18,34 +18,41 @@ from scripts.level0 import Level0Mask, upsample_threshold
 from scripts.metrics import DiceCounts
 from scripts.outputs import write_mask_tiff
 from scripts.pyramid import pool_mask
+from scripts.resample import level0_start
 from scripts.rle import rle_encode
 
 SCALE = 4
 WORKING = (700, 53)  # working-resolution probabilities
 SHAPE = (2797, 209)  # level 0: taller than the rows held for the reader (level0.HELD_ROWS), and not a
 # multiple of the scale, so the last working row and column reach past it
+# a slide resampled between pyramid levels: 4.3 level-0 pixels per working pixel, the same working shape
+FRACTIONAL = (4.3, (3001, 225))
 
 
-def test_band_upsampling_equals_whole_image_upsampling():
+@pytest.mark.parametrize("scale", [4, 2.8])
+def test_band_upsampling_equals_whole_image_upsampling(scale):
     rng = np.random.default_rng(0)
     values = rng.integers(0, 100, (37, 153))
     values[10:14, 20:35] = rng.integers(100, 256, (4, 15))  # a few hot spots, the rest below the threshold
     values[9, 120] = values[30, 150] = 255  # one in the row above a band, one next to the last column
     probability = values.astype(np.uint8)
     source = torch.from_numpy(probability.astype(np.float32) / 255)[None, None]
-    whole = (F.interpolate(source, scale_factor=4, mode="bilinear", align_corners=False)[0, 0] > 0.5).numpy()
+    whole = (F.interpolate(source, scale_factor=scale, mode="bilinear", align_corners=False)[0, 0] > 0.5).numpy()
     bands, groups = [], []
     for row in range(0, 37, 5):  # bands of rows, each with a row of context above and below
         first, stop = max(row - 1, 0), min(row + 6, 37)
-        found = upsample_threshold(probability[first:stop], slice(row - first, min(row + 5, 37) - first), 4, 0.5)
-        band = np.zeros(((min(row + 5, 37) - row) * 4, 153 * 4), bool)
+        rows = slice(row - first, min(row + 5, 37) - first)
+        found = upsample_threshold(probability[first:stop], rows, scale, 0.5, origin=first)
+        height = level0_start(min(row + 5, 37), scale) - level0_start(row, scale)
+        band = np.zeros((height, level0_start(153, scale)), bool)
         for block, top, left in found:
             band[top : top + block.shape[0], left : left + block.shape[1]] = block
         bands.append(band)
         groups.append(len(found))
-    np.testing.assert_array_equal(np.concatenate(bands, axis=0), whole)
+    made = np.concatenate(bands, axis=0)
+    np.testing.assert_array_equal(made[: whole.shape[0], : whole.shape[1]], whole)
     assert groups == [0, 2, 2, 0, 0, 1, 1, 0]  # glass between far-apart hot spots is not upsampled
-    assert upsample_threshold(probability[:6], slice(0, 5), 4, 0.5) == []  # nothing hot there
+    assert upsample_threshold(probability[:6], slice(0, 5), scale, 0.5) == []  # nothing hot there
 
 
 def working_probabilities() -> np.ndarray:
@@ -59,10 +66,10 @@ def working_probabilities() -> np.ndarray:
     return values.astype(np.uint8)
 
 
-def whole_slide_mask(probability: np.ndarray) -> np.ndarray:
+def whole_slide_mask(probability: np.ndarray, scale: float = SCALE, shape: tuple[int, int] = SHAPE) -> np.ndarray:
     source = torch.from_numpy(probability.astype(np.float32) / 255)[None, None]
-    upsampled = F.interpolate(source, scale_factor=SCALE, mode="bilinear", align_corners=False)[0, 0]
-    return (upsampled > 0.5).numpy()[: SHAPE[0], : SHAPE[1]]
+    upsampled = F.interpolate(source, scale_factor=scale, mode="bilinear", align_corners=False)[0, 0]
+    return (upsampled > 0.5).numpy()[: shape[0], : shape[1]]
 
 
 def tiff_reader(mask: Level0Mask, path) -> threading.Thread:
@@ -70,7 +77,7 @@ def tiff_reader(mask: Level0Mask, path) -> threading.Thread:
 
     def write() -> None:
         try:
-            write_mask_tiff(path, mask.read_rows, SHAPE)
+            write_mask_tiff(path, mask.read_rows, mask.shape)
         except RuntimeError as error:  # an abandoned slide's reader stops here
             assert "slide abandoned" in str(error)
 
@@ -87,12 +94,14 @@ def give_rows(mask: Level0Mask, probability: np.ndarray, releases) -> None:
         done = released
 
 
-def test_a_mask_made_band_by_band_equals_the_whole_slide_upsampled_at_once(tmp_path):
+@pytest.mark.parametrize(("scale", "shape"), [(SCALE, SHAPE), FRACTIONAL])
+def test_a_mask_made_band_by_band_equals_the_whole_slide_upsampled_at_once(tmp_path, scale, shape):
     probability = working_probabilities()
-    whole = whole_slide_mask(probability)
-    truth = np.zeros(SHAPE, bool)
-    truth[50:90, 70:150] = True
-    mask = Level0Mask(SHAPE, SCALE, 0.5, 8)
+    whole = whole_slide_mask(probability, scale, shape)
+    assert whole.shape == shape  # the upsampling reaches the slide's edge
+    truth = np.zeros(shape, bool)
+    truth[50:90, 70:140] = True
+    mask = Level0Mask(shape, scale, 0.5, 8)
     reader = tiff_reader(mask, tmp_path / "mask.tiff")
     give_rows(mask, probability, (1, 2, 9, 12, 30, 31, 60, 61, 200, 201, 500, 699, 700))
     rle, counts, predicted_thumb, truth_thumb = mask.finish(rle_encode(truth), "slide")

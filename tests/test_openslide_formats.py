@@ -87,7 +87,8 @@ def test_a_scanner_slide_in_test_is_listed_prepared_and_brought_to_the_models_sc
 
 def test_transparent_pixels_outside_the_scan_become_glass():
     class Slide:  # what OpenSlide's read_region gives: RGBA, alpha 0 where nothing was scanned
-        dimensions = (3, 2)
+        level_dimensions = ((3, 2),)
+        level_downsamples = (1.0,)
 
         def read_region(self, location, level, size):
             rgba = np.array([[[200, 100, 50, 255], [200, 100, 50, 0], [0, 0, 0, 0]]] * size[1], np.uint8)

@@ -150,3 +150,26 @@ def test_polygons_outside_the_slide_are_a_clear_error(slide, tmp_path):
 def test_working_shape_rounds_a_partial_working_pixel_up(shape, downscale, expected):
     assert working_shape(shape, downscale) == expected
     assert working_shape([str(v) for v in shape], str(downscale)) == expected  # as datalist metadata carries them
+
+
+def test_a_slide_between_pyramid_levels_is_prepared_from_its_copy_at_the_working_scale(slide, tmp_path):
+    """2.5 level-0 pixels per working pixel: the image read is a resampled copy whose level 0 is the
+    working resolution; label, glomerulus boxes and regions are in the copy's pixels, while the
+    prepared slide keeps the file's own level 0 for the outputs."""
+    path, mask = slide
+    cortex = {"type": "Polygon", "coordinates": [[[0, 0], [450, 0], [450, 700], [0, 700], [0, 0]]]}
+    regions = _write_features(tmp_path / "s1-anatomical-structure.json", [("Cortex", cortex)])
+    prepared = prepare_slide("s1", path, tmp_path / "cache", 1, rle_encode(mask), regions=regions, resample=2.5)
+    assert (prepared.shape, prepared.downscale, prepared.level) == ((280, 360), 1, 0)
+    assert (prepared.level0_shape, prepared.level0_scale, prepared.working_shape) == ((700, 900), 2.5, (280, 360))
+    assert prepared.image != str(path) and prepared.glomeruli == 2
+    group = zarr.open_group(prepared.store, mode="r")
+    rows, cols = (((np.arange(n) + 0.5) * 2.5).astype(int) for n in (280, 360))
+    np.testing.assert_array_equal(group["label"][:], mask[np.ix_(rows, cols)])
+    for y0, x0, y1, x1 in group.attrs["glomeruli"]:  # boxes in the copy's pixels
+        assert y1 <= 280 and x1 <= 360 and mask[int((y0 + y1) / 2 * 2.5), int((x0 + x1) / 2 * 2.5)]
+    codes, downsample = group["regions"][:], group.attrs["tissue_downsample"]
+    assert codes[120 // downsample, 80 // downsample] == REGION_CODES["cortex"]  # level 0 (300, 200)
+    assert codes[180 // downsample, 260 // downsample] == REGION_CODES["other"]  # level 0 (450, 650)
+    # the same slide read at downscale 2 keeps its own pixels
+    assert prepare_slide("s2", path, tmp_path / "cache", 2, rle_encode(mask)).level0_scale == 2

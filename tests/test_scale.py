@@ -12,7 +12,7 @@ import pytest
 import tifffile
 
 from scripts.errors import SlideError
-from scripts.scale import MAX_MPP, SlideScale, check_mpp, slide_scale, working_downscale
+from scripts.scale import MAX_MPP, SlideScale, WorkingResolution, check_mpp, slide_scale, working_resolution
 from scripts.slides import inspect_slide
 
 DATA = np.zeros((64, 64, 3), np.uint8)
@@ -162,46 +162,40 @@ def test_slide_scale_with_nothing_stated(tmp_path):
     assert scale_of(path, csv_mpp="") == SlideScale(None, "none")
 
 
-def test_working_downscale_without_working_mpp_is_the_setting(caplog):
+def test_working_resolution_without_working_mpp_is_the_setting(caplog):
     with caplog.at_level(logging.DEBUG, logger="scripts.scale"):
-        assert working_downscale(SlideScale(0.25, "OME-XML"), None, 2, "s1") == 2
-        assert working_downscale(SlideScale(None, "none"), None, 8, "s1") == 8
+        assert working_resolution(SlideScale(0.25, "OME-XML"), None, 2, "s1") == WorkingResolution(2, None)
+        assert working_resolution(SlideScale(None, "none"), None, 8, "s1") == WorkingResolution(8, None)
     assert caplog.records == []
 
 
-@pytest.mark.parametrize("mpp, expected", [(0.25, 4), (0.5, 2), (0.2527, 4), (1.0, 1), (0.125, 8)])
-def test_working_downscale_matches_the_model_quietly(caplog, mpp, expected):
+@pytest.mark.parametrize("mpp, expected", [(0.25, 4), (0.5, 2), (0.2527, 4), (0.243, 4), (1.0, 1), (0.125, 8)])
+def test_working_resolution_reads_the_nearest_level_quietly(caplog, mpp, expected):
     with caplog.at_level(logging.INFO, logger="scripts.scale"):
-        assert working_downscale(SlideScale(mpp, "OME-XML"), 1.0, 2, "s1") == expected
+        assert working_resolution(SlideScale(mpp, "OME-XML"), 1.0, 2, "s1") == WorkingResolution(expected, None)
     assert caplog.records == []
 
 
-def test_working_downscale_between_levels_warns(caplog):
+@pytest.mark.parametrize("mpp", [0.345, 0.4415, 0.263, 2.0])  # between levels (Hamamatsu 20x, Leica), coarser
+def test_working_resolution_resamples_a_slide_off_every_level(caplog, mpp):
     with caplog.at_level(logging.INFO, logger="scripts.scale"):
-        assert working_downscale(SlideScale(0.345, "Aperio description"), 1.0, 2, "slide-7") == 4  # log2 2.9 = 1.54
+        resolution = working_resolution(SlideScale(mpp, "Aperio description"), 1.0, 2, "slide-7")
+    assert resolution.downscale == 1 and resolution.resample == pytest.approx(1.0 / mpp)
     [record] = caplog.records
-    assert record.levelno == logging.WARNING
+    assert record.levelno == logging.INFO
     message = record.getMessage()
-    assert "slide-7" in message and "0.345" in message and "1.38" in message and "working_mpp 1" in message
+    assert "slide-7" in message and f"{mpp:g}" in message and "resampled" in message and "working_mpp 1" in message
 
 
-def test_working_downscale_cannot_upsample_a_coarse_slide(caplog):
+def test_working_resolution_without_slide_scale_keeps_the_setting(caplog):
     with caplog.at_level(logging.INFO, logger="scripts.scale"):
-        assert working_downscale(SlideScale(2.0, "slide_mpp setting"), 1.0, 4, "coarse") == 1
-    [record] = caplog.records
-    assert record.levelno == logging.WARNING
-    assert "coarse" in record.getMessage() and "seen at 2 " in record.getMessage()
-
-
-def test_working_downscale_without_slide_scale_keeps_the_setting(caplog):
-    with caplog.at_level(logging.INFO, logger="scripts.scale"):
-        assert working_downscale(SlideScale(None, "none"), 1.0, 4, "slide-9") == 4
+        assert working_resolution(SlideScale(None, "none"), 1.0, 4, "slide-9") == WorkingResolution(4, None)
     [record] = caplog.records
     assert record.levelno == logging.INFO
     message = record.getMessage()
     assert "slide-9" in message and "no scale" in message and "downscale 4" in message and "slide_mpp" in message
 
 
-def test_working_downscale_refuses_a_bad_working_mpp():
+def test_working_resolution_refuses_a_bad_working_mpp():
     with pytest.raises(ValueError, match="working_mpp"):
-        working_downscale(SlideScale(0.25, "OME-XML"), 0.0, 2, "s1")
+        working_resolution(SlideScale(0.25, "OME-XML"), 0.0, 2, "s1")

@@ -15,6 +15,7 @@ import pytest
 import tifffile
 
 from conftest import patch_dimensions, smooth_rgb, write_slide
+from scripts import resample
 from scripts import slides as slides_module
 from scripts.errors import SlideError
 from scripts.isolated import BUNDLE
@@ -334,3 +335,23 @@ def test_cucim_is_imported_in_a_background_thread():
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=BUNDLE, capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["import-cucim", "True"]
+
+
+@pytest.mark.parametrize("suffix", [".tiff", ".ndpi"])  # read with tifffile, and through OpenSlide
+def test_a_slide_resampled_between_levels_is_read_from_the_level_just_finer(tmp_path, suffix):
+    """4.4 level-0 pixels per working pixel: the copy is resampled from the level at 1/4 (1.1 times its
+    scale), not from level 0, and holds the same image either way."""
+    image = smooth_rgb((1500, 1700))
+    path = write_slide(tmp_path / f"slide{suffix}", image, compression="zlib")
+    layout = inspect_slide(path)
+    with slides_module._level_bands(layout, 4.4) as (_, shape):
+        assert shape == level_shape(image.shape[:2], 2)
+    with slides_module._level_bands(layout, 0.7) as (_, shape):  # a coarse slide enlarged: from level 0
+        assert shape == image.shape[:2]
+    copy = ensure_readable(path, tmp_path / "cache", 1, 4.4)
+    assert copy != path and inspect_slide(copy).shape == (341, 387)  # 1500 / 4.4 and 1700 / 4.4, rounded up
+    resampled = tifffile.imread(copy, level=0)
+    from_level0 = resample.resampled_band_reader(lambda y0, y1: image[y0:y1], image.shape[:2], 4.4)(0, 341)
+    # the checkerboard's edges at a slightly different blur; a shift of one pixel would move them everywhere
+    assert np.abs(resampled.astype(int) - from_level0).mean() < 3
+    assert ensure_readable(path, tmp_path / "cache", 1, 4.4) == copy  # converted once

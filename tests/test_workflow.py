@@ -161,12 +161,15 @@ def _scaled_dataset(root, mpps: dict[str, float | None], csv_mpp: dict[str, str]
 def test_with_a_model_scale_each_slide_works_at_the_level_its_own_stated_scale_gives(tmp_path):
     from scripts.store import read_scale
 
-    mpps = {"fine": 0.25, "coarse": 0.5, "plain": None, "listed": 0.25, "absurd": 0.5}
+    mpps = {"fine": 0.25, "coarse": 0.5, "plain": None, "listed": 0.25, "absurd": 0.5, "between": 0.4}
     root = _scaled_dataset(tmp_path / "data", mpps, {"listed": "1.0", "absurd": "-1"})
     slides = prepare(root, tmp_path, working_mpp=1.0)
-    downscales = {slide_id: slide.downscale for slide_id, slide in slides.prepared.items()}
-    # the file's scale, then the CSV column over the file's; a slide stating none keeps the downscale setting
-    assert downscales == {"fine": 4, "coarse": 2, "plain": 2, "listed": 1}
+    downscales = {slide_id: slide.level0_scale for slide_id, slide in slides.prepared.items()}
+    # the file's scale, then the CSV column over the file's; a slide stating none keeps the downscale setting;
+    # one between two levels is resampled to the working scale
+    assert downscales == {"fine": 4, "coarse": 2, "plain": 2, "listed": 1, "between": 2.5}
+    between = slides.prepared["between"]
+    assert between.downscale == 1 and between.working_shape == (280, 360) and between.level0_shape == (700, 900)
     scales = {slide_id: read_scale(slide.store) for slide_id, slide in slides.prepared.items()}
     assert scales["fine"].mpp == pytest.approx(0.25) and scales["fine"].source == "TIFF resolution tags"
     assert scales["listed"].mpp == 1.0 and scales["listed"].source == "train.csv row 5"

@@ -18,6 +18,7 @@ from monai.data import DataLoader
 from monai.engines import SupervisedEvaluator
 from monai.inferers import SimpleInferer
 from monai.transforms import Activationsd, Compose, ScaleIntensityRanged
+from skimage.transform import resize
 
 from conftest import disc_slide, write_slide
 from scripts.annotations import PolygonTracer, rasterize, read_annotations
@@ -25,7 +26,7 @@ from scripts.datasets import SlideRegionDataset
 from scripts.outputs import RunOutputs
 from scripts.prepare import prepare_slide
 from scripts.rle import rle_decode, rle_encode
-from scripts.scale import SlideScale, working_downscale
+from scripts.scale import SlideScale, working_resolution
 from scripts.slides import inspect_slide, read_thumbnail
 from scripts.stitching import SlideStitchers, TissueWindows
 from scripts.wsi_inference import SlidePredictionWriter, finished_slides
@@ -262,24 +263,43 @@ def test_a_stitching_error_ends_the_run_with_that_error_and_nothing_waits(slides
     assert not (tmp_path / "out" / "masks" / "s1.tiff").exists()
 
 
-def test_the_same_tissue_scanned_at_two_scales_gives_the_same_mask_at_each_slides_level_0(tmp_path):
-    """A model's working scale (1 micron per pixel here) reached from a 0.5 and a 0.25 micron-per-pixel
-    scan of the same tissue: each slide works at its own level (downscale 2 and 4) and each mask is
-    at the slide's own level 0; a speck below the smallest glomerulus is left out of both counts."""
+def test_the_same_tissue_scanned_at_three_scales_gives_the_same_mask_at_each_slides_level_0(tmp_path):
+    """A model's working scale (1 micron per pixel here) reached from a 0.5, a 0.25 and a 0.357
+    micron-per-pixel scan of the same tissue: the first two work at their own level (downscale 2 and 4),
+    the third lies between levels and is resampled to the working scale; each mask is at the slide's own
+    level 0, and a speck below the smallest glomerulus is left out of every count."""
     image, _ = disc_slide(shape=(1000, 1200), discs=(*DISCS, (150, 900, 22)))
-    scans = {"coarse": (image, 0.5), "fine": (np.repeat(np.repeat(image, 2, axis=0), 2, axis=1), 0.25)}
+    between = resize(image, (1400, 1680), order=1, anti_aliasing=True, preserve_range=True).astype(np.uint8)
+    scans = {
+        "coarse": (image, 0.5),
+        "fine": (np.repeat(np.repeat(image, 2, axis=0), 2, axis=1), 0.25),
+        "between": (between, 0.5 / 1.4),
+    }
     prepared = []
     for name, (pixels, mpp) in scans.items():
         scale = SlideScale(mpp, "TIFF resolution tags")
-        downscale = working_downscale(scale, 1.0, 2, name)
+        resolution = working_resolution(scale, 1.0, 2, name)
         path = write_slide(tmp_path / f"{name}.tiff", pixels)
-        prepared.append(prepare_slide(name, path, tmp_path / "cache", downscale, scale=scale))
-    assert [slide.downscale for slide in prepared] == [2, 4]
-    assert prepared[0].working_shape == prepared[1].working_shape
+        prepared.append(
+            prepare_slide(
+                name, path, tmp_path / "cache", resolution.downscale, scale=scale, resample=resolution.resample
+            )
+        )
+    assert [slide.downscale for slide in prepared] == [2, 4, 1]
+    assert prepared[2].level0_scale == pytest.approx(2.8) and prepared[2].level0_shape == (1400, 1680)
+    assert prepared[0].working_shape == prepared[1].working_shape == prepared[2].working_shape == (500, 600)
     run_inference(prepared, tmp_path / "out")
-    coarse, fine = (tifffile.imread(tmp_path / "out" / "masks" / f"{name}.tiff") > 0 for name in scans)
-    assert fine.shape == (2000, 2400) and coarse.sum() > 0.05 * coarse.size
-    differing = (coarse != fine[::2, ::2]).mean()  # the fine mask at the coarse scan's pixels
-    assert differing < 0.005
-    counts = [json.loads((tmp_path / "out" / "summaries" / f"{name}.json").read_text())["glomeruli"] for name in scans]
-    assert counts == [len(DISCS), len(DISCS)]
+    masks = {name: tifffile.imread(tmp_path / "out" / "masks" / f"{name}.tiff") > 0 for name in scans}
+    assert masks["fine"].shape == (2000, 2400) and masks["between"].shape == (1400, 1680)
+    coarse = masks["coarse"]
+    assert coarse.sum() > 0.05 * coarse.size
+    # each mask at the coarse scan's pixel centres
+    centres = [((np.arange(n) + 0.5) * 1.4).astype(int) for n in coarse.shape]
+    for name, sampled in (("fine", masks["fine"][::2, ::2]), ("between", masks["between"][np.ix_(*centres)])):
+        assert (coarse != sampled).mean() < 0.005, name
+    for name in scans:
+        summary = json.loads((tmp_path / "out" / "summaries" / f"{name}.json").read_text())
+        assert summary["glomeruli"] == len(DISCS), name
+        assert (summary["height"], summary["width"]) == masks[name].shape
+    preview = tmp_path / "out" / "previews" / "between.png"
+    assert preview.exists()

@@ -183,7 +183,9 @@ def ensemble(
 
 
 @user_errors
-def load_initial_weights(network: torch.nn.Module, init_ckpt: str | os.PathLike | None) -> None:
+def load_initial_weights(
+    network: torch.nn.Module, init_ckpt: str | os.PathLike | None, settings: dict | None = None
+) -> None:
     """Start training from given weights (fine-tuning) instead of from scratch.
 
     A resumed run (its ``last.pt``) goes on from where it stopped instead: the trainer loads that
@@ -192,6 +194,9 @@ def load_initial_weights(network: torch.nn.Module, init_ckpt: str | os.PathLike 
     Args:
         network: the network to train (DistributedDataParallel is unwrapped).
         init_ckpt: one ``model.pt`` (or ``last.pt``), or a folder holding one model; None: from scratch.
+        settings: this run's values of what the model must match (its scale), checked against what
+            training recorded beside it: a model learnt at another scale would be fine-tuned on
+            glomeruli of another size.
     """
     if init_ckpt is None:
         return
@@ -201,6 +206,7 @@ def load_initial_weights(network: torch.nn.Module, init_ckpt: str | os.PathLike 
             f"init_ckpt {init_ckpt} holds an ensemble of {len(paths)}; fine-tuning starts from one model: "
             f"pass one of its files, e.g. {paths[0]}"
         )
+    _check_settings(paths[0], settings or {})
     module = getattr(network, "module", network)
     module.load_state_dict(_checked_weights(paths[0], module))
     print(f"training starts from the weights of {paths[0]}")

@@ -26,7 +26,7 @@ __all__ = [
 
 SLIDE_ID = "slide_id"
 IMAGE = "image"  # in a datalist item the slide file; after loading, the window's pixels
-SHAPE = "shape"  # level-0 (height, width)
+SHAPE = "shape"  # level-0 (height, width) of the image read
 DOWNSCALE = "downscale"
 STORE = "store"
 LOCATION = WSIPatchKeys.LOCATION.value  # level-0 (y, x) of the window's top left corner

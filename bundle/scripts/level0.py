@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from .metrics import DiceCounts
 from .prepare import working_shape
 from .pyramid import pool_mask
+from .resample import bilinear_block, level0_start
 from .rle import BlockRunEncoder, decode_columns, parse_rle, runs_to_rle
 
 __all__ = ["Level0Mask", "Level0Result", "upsample_threshold"]
@@ -31,7 +32,7 @@ GROUP_GAP = 32  # working columns of glass between two groups of columns that ar
 
 
 def upsample_threshold(
-    source: np.ndarray, rows: slice, scale: int, threshold: float
+    source: np.ndarray, rows: slice, scale: float, threshold: float, origin: int = 0
 ) -> list[tuple[np.ndarray, int, int]]:
     """Level-0 mask of some rows of a block of working-resolution probabilities, where it can be set.
 
@@ -44,15 +45,19 @@ def upsample_threshold(
     Args:
         source: ``(h, w)`` ``uint8`` probabilities (0-255).
         rows: the source rows to turn into level-0 rows.
-        scale: level-0 pixels per working pixel.
+        scale: level-0 pixels per working pixel; a slide resampled between two pyramid levels has a
+            fractional one (:mod:`scripts.resample`).
         threshold: probability threshold (0-1).
+        origin: the working row ``source[0]`` holds (it places level-0 rows when ``scale`` is fractional).
 
     Returns:
         ``(block, top, left)`` per group: a ``bool`` block of the level-0 mask and its first row
-        (counted from ``rows.start * scale``) and column; none when no pixel can be set.
+        (counted from the level-0 row of ``rows.start``) and column; none when no pixel can be set.
     """
     first = max(rows.start - 1, 0)  # a hot context row reaches into the rows next to it
     hot = source[first : rows.stop + 1] > threshold * 255
+    whole = float(scale).is_integer()
+    row0 = level0_start(origin + rows.start, scale)
     blocks = []
     for left, right in _column_groups(hot.any(axis=0)):
         # output pixels that can pass the threshold: within one source pixel of a hot one
@@ -63,11 +68,19 @@ def upsample_threshold(
         # plus one more pixel of context for the interpolation itself
         r0, r1 = max(top - 1, 0), min(bottom + 1, source.shape[0])
         c0, c1 = max(left - 1, 0), min(right + 1, source.shape[1])
-        block = torch.from_numpy(source[r0:r1, c0:c1].astype(np.float32) / 255)[None, None]
-        if scale > 1:
-            block = F.interpolate(block, scale_factor=scale, mode="bilinear", align_corners=False)
-        kept = block[0, 0, (top - r0) * scale : (bottom - r0) * scale, (left - c0) * scale : (right - c0) * scale]
-        blocks.append(((kept > threshold).numpy(), int(top - rows.start) * scale, int(left) * scale))
+        near = source[r0:r1, c0:c1].astype(np.float32) / 255
+        y0, y1 = level0_start(origin + top, scale), level0_start(origin + bottom, scale)
+        x0, x1 = level0_start(left, scale), level0_start(right, scale)
+        if whole:
+            step = int(scale)
+            block = torch.from_numpy(near)
+            if step > 1:
+                block = F.interpolate(block[None, None], scale_factor=step, mode="bilinear", align_corners=False)[0, 0]
+            dy, dx = y0 - (origin + r0) * step, x0 - c0 * step  # where the kept pixels start in the block
+            kept = block[dy : dy + y1 - y0, dx : dx + x1 - x0].numpy()
+        else:
+            kept = bilinear_block(near, (origin + r0, c0), (y0, y1), (x0, x1), scale)
+        blocks.append((kept > threshold, y0 - row0, x0))
     return blocks
 
 
@@ -150,13 +163,13 @@ class Level0Mask:
 
     Args:
         shape: the slide's level-0 ``(height, width)``.
-        scale: level-0 pixels per working pixel.
+        scale: level-0 pixels per working pixel (fractional for a slide resampled between pyramid levels).
         threshold: probability threshold.
         preview_downsample: level-0 pixels per preview pixel; the mask is pooled to it as it is made,
             so the preview never reads the mask TIFF back.
     """
 
-    def __init__(self, shape: tuple[int, int], scale: int, threshold: float, preview_downsample: int) -> None:
+    def __init__(self, shape: tuple[int, int], scale: float, threshold: float, preview_downsample: int) -> None:
         self.shape, self.scale, self.threshold = shape, scale, threshold
         self.area = 0
         self.preview_downsample = preview_downsample
@@ -182,8 +195,9 @@ class Level0Mask:
         stop = self._working_height if self._received >= self._working_height else self._received - 1
         start = self._working_done
         if stop > start:
-            found = upsample_threshold(source, slice(start - first, stop - first), self.scale, self.threshold)
-            self._add_blocks(found, start * self.scale, min(stop * self.scale, self.shape[0]))
+            found = upsample_threshold(source, slice(start - first, stop - first), self.scale, self.threshold, first)
+            y0, y1 = level0_start(start, self.scale), min(level0_start(stop, self.scale), self.shape[0])
+            self._add_blocks(found, y0, y1)
             self._working_done = stop
         self._context = source[max(self._working_done - 1, 0) - first :]
 

@@ -112,22 +112,24 @@ def _number(text: str) -> float:
         return float("nan")  # check_mpp names the source of a scale that is not a number
 
 
-def openslide_band_reader(slide) -> BandReader:
-    """``read_band(y0, y1) -> (y1 - y0, width, 3) uint8``: level-0 rows of an open slide.
+def openslide_band_reader(slide, level: int = 0) -> BandReader:
+    """``read_band(y0, y1) -> (y1 - y0, width, 3) uint8``: rows of one level of an open slide.
 
     OpenSlide gives RGBA in which pixels outside the scanned area are transparent; they become white,
     the glass the tissue mask expects there.
 
     Args:
         slide: an ``openslide.OpenSlide``.
+        level: the level read (OpenSlide's numbering).
 
     Returns:
         The band reader.
     """
-    width = slide.dimensions[0]
+    width = slide.level_dimensions[level][0]
+    downsample = slide.level_downsamples[level]  # OpenSlide places regions in level-0 pixels
 
     def read_band(y0: int, y1: int) -> np.ndarray:
-        rgba = np.asarray(slide.read_region((0, y0), 0, (width, y1 - y0)), dtype=np.uint8)
+        rgba = np.asarray(slide.read_region((0, round(y0 * downsample)), level, (width, y1 - y0)), dtype=np.uint8)
         alpha = rgba[..., 3:4].astype(np.uint16)
         rgb = rgba[..., :3].astype(np.uint16)
         return ((rgb * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)

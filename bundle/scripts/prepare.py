@@ -29,6 +29,7 @@ from scipy import ndimage
 from .annotations import Annotation, rasterize, read_annotations
 from .pyramid import level_shape, pool_mask
 from .regions import check_inside, region_map
+from .resample import label_band_reader, reduced_shape
 from .rle import decode_columns, parse_rle
 from .scale import SlideScale
 from .slides import ensure_readable, inspect_slide, read_thumbnail, working_level
@@ -60,22 +61,28 @@ CHUNK = 1024  # working-resolution pixels per chunk side
 BOX_POOL = 4  # glomerulus boxes are found at working resolution / BOX_POOL (bounded memory)
 
 
-def working_shape(shape: Sequence[int], downscale: int) -> tuple[int, int]:
+def working_shape(shape: Sequence[int], downscale: float) -> tuple[int, int]:
     """``(height, width)`` at the working resolution of a slide of level-0 ``shape``: ceil division by
-    ``downscale``. Datalist items carry ``shape`` and ``downscale``; whatever needs the working size asks here."""
-    return -(-int(shape[0]) // int(downscale)), -(-int(shape[1]) // int(downscale))
+    ``downscale`` (fractional for a slide resampled between pyramid levels). Datalist items carry ``shape``
+    and ``downscale``; whatever needs the working size asks here."""
+    return reduced_shape(shape, downscale)
 
 
 @dataclass(frozen=True)
 class PreparedSlide:
     """A slide ready for training or inference; plain values, so it travels in MONAI datalists.
 
+    Windows, patches and the store are in ``image``'s pixels; outputs in the slide file's own, which
+    differ only for a slide resampled to the working scale (:func:`scripts.scale.working_resolution`).
+
     Attributes:
         slide_id: the HuBMAP id.
         image: a TIFF cuCIM can read (the slide itself or its canonical copy).
-        shape: level-0 ``[height, width]``.
-        level: the pyramid level at the working resolution.
-        downscale: level-0 pixels per working pixel.
+        shape: ``image``'s level-0 ``[height, width]``.
+        level: ``image``'s pyramid level at the working resolution.
+        downscale: ``image``'s level-0 pixels per working pixel.
+        level0_shape: the slide file's level-0 ``[height, width]``, where outputs are made.
+        level0_scale: the slide file's level-0 pixels per working pixel (fractional when resampled).
         store: the zarr store of this slide.
         has_label: whether the store holds a ``label`` array.
         glomeruli: number of labelled glomeruli (0 when unlabelled).
@@ -86,6 +93,8 @@ class PreparedSlide:
     shape: tuple[int, int]
     level: int
     downscale: int
+    level0_shape: tuple[int, int]
+    level0_scale: float
     store: str
     has_label: bool
     glomeruli: int = 0
@@ -110,6 +119,7 @@ def prepare_slide(
     polygons: str | os.PathLike | None = None,
     regions: str | os.PathLike | None = None,
     scale: SlideScale | None = None,
+    resample: float | None = None,
 ) -> PreparedSlide:
     """Make a slide cuCIM-readable and build (or reuse) its zarr store.
 
@@ -125,6 +135,8 @@ def prepare_slide(
         regions: region polygons (``<id>-anatomical-structure.json``), or None to map tissue only.
         scale: the slide's microns per pixel and what stated it (:func:`scripts.scale.slide_scale`),
             recorded in the store for the slide's summary; None: not known.
+        resample: level-0 pixels per working pixel of a slide resampled to the working scale (its
+            copy is read at ``downscale`` 1); None: a pyramid level is read as it is.
 
     Returns:
         The prepared slide.
@@ -135,12 +147,15 @@ def prepare_slide(
     """
     cache_dir = Path(cache_dir)
     scale = scale or SlideScale(None, "none")
-    image = ensure_readable(image_path, cache_dir / "slides", downscale)
+    image = ensure_readable(image_path, cache_dir / "slides", downscale, resample)
     layout = inspect_slide(image, downscale)
+    level0_shape = layout.shape if resample is None else inspect_slide(image_path).shape
+    level0_scale = downscale if resample is None else resample
     tissue_options = dict(tissue_options or {})
     inputs = [
         _file_key(image_path),
         downscale,
+        resample,
         tissue_options,
         hashlib.sha1((rle or "").encode()).hexdigest(),
         rle is None,
@@ -152,11 +167,23 @@ def prepare_slide(
     fingerprint = hashlib.sha1(json.dumps(inputs).encode()).hexdigest()
     store = cache_dir / "stores" / f"{slide_id}.zarr"
     if read_fingerprint(store) != fingerprint:
-        logger.info("preparing %s (label, tissue, regions and glomerulus boxes at 1/%d)", slide_id, downscale)
-        label = _label_bands(slide_id, layout.shape, rle, polygons)
-        region_polygons = _annotations_inside(regions, layout.shape) if regions is not None else None
+        logger.info("preparing %s (label, tissue, regions and glomerulus boxes at 1/%.4g)", slide_id, level0_scale)
+        label = _label_bands(slide_id, level0_shape, rle, polygons)
+        if label is not None:
+            label = _working_label(label, level0_shape, downscale, resample)
+        region_polygons = _annotations_inside(regions, level0_shape) if regions is not None else None
         _build_store(
-            store, fingerprint, slide_id, image, layout.shape, downscale, label, region_polygons, tissue_options, scale
+            store,
+            fingerprint,
+            slide_id,
+            image,
+            layout.shape,
+            downscale,
+            level0_scale / downscale,
+            label,
+            region_polygons,
+            tissue_options,
+            scale,
         )
     return PreparedSlide(
         slide_id,
@@ -164,6 +191,8 @@ def prepare_slide(
         tuple(layout.shape),
         working_level(layout, downscale),
         downscale,
+        tuple(level0_shape),
+        level0_scale,
         str(store),
         has_label(store),
         len(read_glomeruli(store)),
@@ -185,6 +214,18 @@ def _annotations_inside(path: str | os.PathLike, shape: tuple[int, int]) -> list
 
 
 BandReader = Callable[[int, int], np.ndarray]
+
+
+def _working_label(read_band: BandReader, shape: tuple[int, int], downscale: int, resample: float | None) -> BandReader:
+    """``read(c0, c1)``: working columns of a level-0 mask read a band of columns at a time.
+
+    A working pixel is foreground when at least half of its level-0 pixels are; on a slide
+    resampled between levels, when the level-0 pixel at its centre is (:func:`scripts.resample.label_band_reader`).
+    """
+    if resample is not None:
+        return label_band_reader(read_band, shape, resample)
+    width = shape[1]
+    return lambda c0, c1: pool_mask(read_band(c0 * downscale, min(c1 * downscale, width)), downscale, "mean") >= 0.5
 
 
 def _label_bands(
@@ -214,19 +255,25 @@ def _build_store(
     image: Path,
     shape: tuple[int, int],
     downscale: int,
+    image_scale: float,
     label: BandReader | None,
     regions: list[Annotation] | None,
     tissue_options: dict,
     scale: SlideScale,
 ) -> None:
-    """Write the store under a temporary name, then swap it in."""
+    """Write the store under a temporary name, then swap it in.
+
+    ``shape`` and ``downscale`` are the image's; ``image_scale`` is the slide file's level-0 pixels per
+    image pixel (1 unless the image is a resampled copy), which brings the regions' polygons to the image.
+    """
     tmp = store.with_name(f".{store.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     group = open_store(tmp, mode="w")
     thumbnail, tissue_downsample = read_thumbnail(image)
     tissue = tissue_mask(thumbnail, **tissue_options)
     group.create_array(TISSUE, data=tissue.astype(np.uint8), chunks=(CHUNK, CHUNK))
-    group.create_array(REGIONS, data=region_map(regions, tissue, tissue_downsample), chunks=(CHUNK, CHUNK))
+    regions_map = region_map(regions, tissue, tissue_downsample * image_scale)
+    group.create_array(REGIONS, data=regions_map, chunks=(CHUNK, CHUNK))
     boxes = _write_label(group, shape, downscale, label) if label is not None else []
     group.attrs.update(
         {
@@ -244,23 +291,28 @@ def _build_store(
     os.replace(tmp, store)
 
 
-def _write_label(group: zarr.Group, shape: tuple[int, int], downscale: int, read_band: BandReader) -> list:
-    """Pool the level-0 mask band by band into ``label`` at the working resolution; return glomerulus boxes.
+def _write_label(group: zarr.Group, shape: tuple[int, int], downscale: int, read_working: BandReader) -> list:
+    """Write ``label`` at the working resolution a band of columns at a time; return glomerulus boxes.
 
-    A working pixel is foreground when at least half of its level-0 pixels are. Boxes are
-    ``[y0, x0, y1, x1]`` at level 0, found on a further pooled copy so memory stays small.
+    Args:
+        group: the store being written.
+        shape: the image's level-0 ``(height, width)``.
+        downscale: the image's level-0 pixels per working pixel.
+        read_working: ``read_working(c0, c1)``, working columns of the label (:func:`_working_label`).
+
+    Returns:
+        Boxes ``[y0, x0, y1, x1]`` in the image's level-0 pixels, found on a further pooled copy so
+        memory stays small.
     """
     height, width = shape
     work_shape = working_shape(shape, downscale)
     label = group.create_array(LABEL, shape=work_shape, chunks=(CHUNK, CHUNK), dtype=np.uint8, fill_value=0)
     pooled = np.zeros(level_shape(work_shape, BOX_POOL.bit_length() - 1), dtype=bool)
-    band_columns = CHUNK * downscale
-    for col in range(0, width, band_columns):
-        band = read_band(col, min(col + band_columns, width))
-        work = pool_mask(band, downscale, "mean") >= 0.5
-        label[:, col // downscale : col // downscale + work.shape[1]] = work
+    for col in range(0, work_shape[1], CHUNK):
+        work = read_working(col, min(col + CHUNK, work_shape[1]))
+        label[:, col : col + work.shape[1]] = work
         boxes_band = pool_mask(work, BOX_POOL, "max")
-        pooled_col = col // downscale // BOX_POOL
+        pooled_col = col // BOX_POOL
         pooled[:, pooled_col : pooled_col + boxes_band.shape[1]] |= boxes_band
     components, _ = ndimage.label(pooled)
     scale = downscale * BOX_POOL

@@ -29,6 +29,7 @@ from .errors import SlideError
 from .isolated import run_isolated
 from .openslide_formats import is_openslide_format, open_slide, openslide_band_reader, openslide_header, probe_in_child
 from .pyramid import level_shape, num_levels, write_pyramid
+from .resample import reduced_shape, resampled_band_reader
 from .scale import stated_mpp
 
 __all__ = [
@@ -255,19 +256,23 @@ def read_thumbnail(path: str | os.PathLike, max_downsample: int = 32) -> tuple[n
     return np.ascontiguousarray(np.moveaxis(np.asarray(image), 0, -1)), downsample
 
 
-def ensure_readable(path: str | os.PathLike, cache_dir: str | os.PathLike, downscale: int) -> Path:
+def ensure_readable(
+    path: str | os.PathLike, cache_dir: str | os.PathLike, downscale: int, resample: float | None = None
+) -> Path:
     """Return a path cuCIM can read at ``downscale``: the slide itself, or its canonical copy.
 
     A file that looks fine is first read by cuCIM in a child process (once; the result is cached),
     because cuCIM kills its process on some files. Conversion also runs in a child process, since
     a decoder can crash on a hostile file too. The copy is written once, streaming, to
-    ``cache_dir`` under a name keyed on the source's path, size and modification time, so an
-    edited slide is converted again.
+    ``cache_dir`` under a name keyed on the source's path, size and modification time (and the
+    resampling), so an edited slide is converted again.
 
     Args:
         path: the slide.
         cache_dir: folder for canonical copies.
         downscale: the working resolution, a power of two.
+        resample: level-0 pixels per pixel of a copy resampled to the working scale
+            (:func:`scripts.scale.working_resolution`); None: the slide's own pixels.
 
     Returns:
         Path of a tiled pyramidal RGB TIFF with a level at ``downscale``.
@@ -278,9 +283,11 @@ def ensure_readable(path: str | os.PathLike, cache_dir: str | os.PathLike, downs
     layout = inspect_slide(path, downscale)
     stat = layout.path.stat()
     key = f"{layout.path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{CANONICAL_VERSION}"
+    if resample is not None:
+        key += f"|{resample!r}"
     name = f"{layout.path.stem}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
     cache_dir = Path(cache_dir)
-    if not layout.problems:
+    if not layout.problems and resample is None:
         probed = cache_dir / "probed" / name
         if probed.exists():
             return layout.path
@@ -293,8 +300,13 @@ def ensure_readable(path: str | os.PathLike, cache_dir: str | os.PathLike, downs
     target = cache_dir / f"{name}.tiff"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
-        logger.info("converting %s for cuCIM (%s)", layout.path.name, "; ".join(layout.problems))
-        _convert_isolated(layout.path, target, downscale)
+        why = (
+            f"resampled by 1/{resample:.4g} to the working scale"
+            if resample is not None
+            else "; ".join(layout.problems)
+        )
+        logger.info("converting %s for cuCIM (%s)", layout.path.name, why)
+        _convert_isolated(layout.path, target, downscale, resample)
     return target
 
 
@@ -303,38 +315,47 @@ def _probe(path: Path, level: int) -> str | None:
     return run_isolated("probe", str(path), str(level))
 
 
-def _convert_isolated(source: Path, target: Path, downscale: int) -> None:
+def _convert_isolated(source: Path, target: Path, downscale: int, resample: float | None) -> None:
     """:func:`convert_to_canonical` in a child process; its failure becomes one line."""
-    failure = run_isolated(f"{__name__}:{convert_in_child.__name__}", str(source), str(target), str(downscale))
+    arguments = (str(source), str(target), str(downscale), "" if resample is None else repr(resample))
+    failure = run_isolated(f"{__name__}:{convert_in_child.__name__}", *arguments)
     if failure is not None:
         raise SlideError(
             failure if failure.startswith(str(source)) else f"{source}: could not be converted ({failure})"
         )
 
 
-def convert_in_child(source: str, target: str, downscale: str) -> None:
+def convert_in_child(source: str, target: str, downscale: str, resample: str) -> None:
     """The child side of :func:`_convert_isolated` (arguments as strings): a failure exits with one line."""
     try:
-        convert_to_canonical(inspect_slide(source, int(downscale)), Path(target), int(downscale))
+        layout = inspect_slide(source, int(downscale))
+        convert_to_canonical(layout, Path(target), int(downscale), float(resample) if resample else None)
     except SlideError as error:
         sys.exit(str(error))  # one line on stderr: run_isolated passes it on
 
 
-def convert_to_canonical(layout: SlideLayout, target: Path, downscale: int = 1) -> Path:
+def convert_to_canonical(layout: SlideLayout, target: Path, downscale: int = 1, resample: float | None = None) -> Path:
     """Stream a slide into a tiled pyramidal RGB ``uint8`` TIFF, one band of rows at a time.
 
     Args:
         layout: the inspected source.
         target: output path (written atomically).
         downscale: the working resolution; the pyramid reaches at least this level, however small the slide.
+        resample: level-0 pixels of the source per level-0 pixel of the copy
+            (:func:`scripts.resample.resampled_band_reader`); None: the source's own pixels.
 
     Returns:
         ``target``.
     """
-    levels = max(num_levels(layout.shape), _log2(downscale) + 1)
+    shape = layout.shape if resample is None else reduced_shape(layout.shape, resample)
+    levels = max(num_levels(shape), _log2(downscale) + 1)
     try:
-        with _level0_bands(layout) as read_band:
-            return write_pyramid(target, read_band, layout.shape, levels=levels, compression="jpeg", quality=95)
+        with _level_bands(layout, resample or 1) as (read_band, level_shape):
+            if resample is not None:
+                # from the level read, finer than the working scale (level 0 enlarging a coarse slide)
+                factor = resample * level_shape[1] / layout.shape[1]
+                read_band = resampled_band_reader(read_band, level_shape, factor, shape[1])
+            return write_pyramid(target, read_band, shape, levels=levels, compression="jpeg", quality=95)
     except SlideError as error:
         message = str(error)
         raise SlideError(message if message.startswith(str(layout.path)) else f"{layout.path}: {message}") from None
@@ -345,23 +366,39 @@ def convert_to_canonical(layout: SlideLayout, target: Path, downscale: int = 1) 
 
 
 @contextlib.contextmanager
-def _level0_bands(layout: SlideLayout):
-    """``read_band(y0, y1)`` over the slide's level 0, through OpenSlide or tifffile, open while in use."""
+def _level_bands(layout: SlideLayout, downsample: float = 1):
+    """``(read_band(y0, y1), (height, width))`` of the coarsest level of the slide at most ``downsample``
+    times smaller than level 0, through OpenSlide or tifffile, open while in use."""
+
+    def coarsest(shapes: list[tuple[int, int]]) -> int:
+        # a level's reduction from its width; a millionth of slack for a level whose reduction is exact
+        fits = [i for i, shape in enumerate(shapes) if layout.shape[1] / shape[1] <= downsample * (1 + 1e-6)]
+        return max(fits, key=lambda i: layout.shape[1] / shapes[i][1], default=0)
+
     if layout.via_openslide:
         with open_slide(layout.path) as slide:
-            yield openslide_band_reader(slide)
+            level = coarsest([(height, width) for width, height in slide.level_dimensions])
+            width, height = slide.level_dimensions[level]
+            yield openslide_band_reader(slide, level), (height, width)
         return
     with tifffile.TiffFile(layout.path) as tif:
-        yield _band_reader(_open_source(layout.path, tif), layout.axes)
+        series = tif.series[0]
+        axes = series.axes
+        shapes = [(level.shape[axes.index("Y")], level.shape[axes.index("X")]) for level in series.levels]
+        level = coarsest(shapes)
+        yield _band_reader(_open_source(layout.path, tif, level), axes), shapes[level]
 
 
-def _open_source(path: Path, tif: tifffile.TiffFile):
-    """The first series as an array read lazily: memory-mapped when it is stored uncompressed in
-    one piece (even a single huge strip then costs no memory), else tifffile's chunked zarr view."""
-    try:
-        return tifffile.memmap(path, series=0, mode="r")
-    except ValueError:
-        return zarr.open(tif.series[0].aszarr(level=0), mode="r")
+def _open_source(path: Path, tif: tifffile.TiffFile, level: int = 0):
+    """A level of the first series as an array read lazily: level 0 memory-mapped when it is stored
+    uncompressed in one piece (even a single huge strip then costs no memory), else tifffile's chunked
+    zarr view."""
+    if level == 0:
+        try:
+            return tifffile.memmap(path, series=0, mode="r")
+        except ValueError:
+            pass
+    return zarr.open(tif.series[0].aszarr(level=level), mode="r")
 
 
 def _band_reader(source, axes: str):

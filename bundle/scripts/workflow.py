@@ -21,7 +21,7 @@ from .handlers import MODEL_FILE, read_record
 from .layout import CsvRow, HubmapFolder, is_safe_id, report_problems
 from .prepare import PreparedSlide, prepare_slide
 from .regions import REGION_CODES
-from .scale import SlideScale, slide_scale, working_downscale
+from .scale import SlideScale, slide_scale, working_resolution
 from .slides import import_cucim_in_background, inspect_slide
 from .store import read_regions
 
@@ -89,7 +89,7 @@ def _prepare_all(
     at a time, keeping going past the ones that fail.
 
     Each slide's scale is read (``slide_mpp``, else its CSV row's ``mpp``, else its file) and
-    recorded; with ``working_mpp`` it sets the slide's downscale (:func:`scripts.scale.working_downscale`).
+    recorded; with ``working_mpp`` it sets how the slide reaches that scale (:func:`scripts.scale.working_resolution`).
 
     Args:
         folder: the dataset.
@@ -119,16 +119,18 @@ def _prepare_all(
             # nothing depends on the scale of this run's slides: a wrong one costs the slide nothing
             logger.warning("%s (the scale is only reported: left unknown)", error)
             scale = SlideScale(None, "none")
+        resolution = working_resolution(scale, working_mpp, downscale, slide_id)
         return prepare_slide(
             slide_id,
             image,
             cache_dir,
-            working_downscale(scale, working_mpp, downscale, slide_id),
+            resolution.downscale,
             rle,
             tissue,
             polygons,
             folder.annotation_path(split, slide_id, "regions"),
             scale,
+            resolution.resample,
         )
 
     # several slides at once: each waits mostly on its cuCIM probe (a child process) and on native code

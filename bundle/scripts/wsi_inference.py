@@ -35,6 +35,7 @@ import zarr
 from ignite.engine import Engine, Events
 from monai.utils import convert_to_tensor
 from skimage.measure import block_reduce
+from skimage.transform import resize
 from tqdm import tqdm
 
 from .annotations import PolygonTracer
@@ -44,7 +45,7 @@ from .layout import report_problems
 from .level0 import Level0Mask
 from .metrics import mean_dice, rle_dice
 from .outputs import RunOutputs
-from .prepare import PreparedSlide
+from .prepare import PreparedSlide, working_shape
 from .scale import SlideScale
 from .slides import read_thumbnail
 from .stitching import SlideStitchers, TissueWindows
@@ -257,10 +258,10 @@ class SlidePredictionWriter:
                 fill_value=0,
                 overwrite=True,
             )
-            level0 = Level0Mask(slide.shape, slide.downscale, self.threshold, _preview_downsample(slide.shape))
+            shape, scale = slide.level0_shape, slide.level0_scale
+            level0 = Level0Mask(shape, scale, self.threshold, _preview_downsample(shape))
             # the same physical size on every slide, whatever its own scale: working pixels, in level-0 pixels
-            level0_area = self.min_area * slide.downscale**2
-            polygons = PolygonTracer(slide.working_shape, scale=slide.downscale, min_area=level0_area)
+            polygons = PolygonTracer(slide.working_shape, scale=scale, min_area=self.min_area * scale**2)
             bar = tqdm(desc=slide_id, unit="window", leave=False)
             state = _SlideState(slide, read_scale(slide.store), probability, level0, polygons, bar)
             state.mask = self._mask_writer.submit(self._write_mask, state)
@@ -271,7 +272,7 @@ class SlidePredictionWriter:
         """The slide's mask TIFF, its rows read as the level-0 mask makes them."""
         try:
             slide = state.slide
-            self.outputs.write_mask(slide.slide_id, state.level0.read_rows, slide.shape, state.scale.mpp)
+            self.outputs.write_mask(slide.slide_id, state.level0.read_rows, slide.level0_shape, state.scale.mpp)
         except BaseException:
             state.level0.abort()  # what makes the rows must not wait for a reader that is gone
             raise
@@ -314,11 +315,11 @@ class SlidePredictionWriter:
         scale = state.scale
         summary = {
             "id": name,
-            "width": slide.shape[1],
-            "height": slide.shape[0],
+            "width": slide.level0_shape[1],
+            "height": slide.level0_shape[0],
             "mpp": scale.mpp,  # microns per level-0 pixel, None where nothing stated it
             "mpp_source": scale.source,
-            "downscale": slide.downscale,
+            "downscale": round(slide.level0_scale, 4),
             "glomeruli": len(polygons),
             "glomerulus_pixels": state.level0.area,
             "tissue_fraction": round(float(np.mean(tissue > 0)), 4),
@@ -394,7 +395,12 @@ class SlidePredictionWriter:
 
 
 def _thumbnail(slide: PreparedSlide, downsample: int) -> np.ndarray:
-    """The slide's RGB thumbnail at ``downsample`` level-0 pixels per pixel (the preview's scale)."""
+    """The slide's RGB thumbnail at ``downsample`` level-0 pixels of the slide file per pixel (the preview's scale)."""
+    image_scale = slide.level0_scale / slide.downscale  # the slide file's level-0 pixels per image pixel
+    if image_scale != 1:  # a resampled copy: its thumbnail brought to the preview's size
+        thumbnail, _ = read_thumbnail(slide.image, max(int(downsample / image_scale), 1))
+        preview = working_shape(slide.level0_shape, downsample)
+        return (resize(thumbnail, (*preview, 3), preserve_range=True) + 0.5).astype(np.uint8)
     thumbnail, scale = read_thumbnail(slide.image, downsample)
     if scale < downsample:  # the slide has no level that coarse: pool it there (glass pads)
         factor = downsample // scale
