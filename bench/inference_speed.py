@@ -31,6 +31,14 @@ most K times the network time plus the single member's pipeline time (every wind
     python bench/inference_speed.py --device cuda --batch 32
     python bench/inference_speed.py --repeats 3        # medians of 3 rounds, on a noisy machine
     python bench/inference_speed.py --ckpt bundle/models   # the shipped fold ensemble against its first member
+
+Folder mode (``--folders N [N ...]``): the slide is cut into N strips of rows, each a slide of its own,
+one folder per N; each round runs ours, the network alone and the stock approach (slide after slide)
+on every folder. Printed per folder: seconds and megapixels per second of each, and ours' time to its
+first window (slide preparation and reader start-up); then each folder's time against the first
+folder's (goal: 12 slides within 1.05 times 3 slides of the same pixels).
+
+    python bench/inference_speed.py --rows 3 --cols 1 --glass 0 --folders 3 12   # 3 demo-size slides, cut in 12
 """
 
 from __future__ import annotations
@@ -84,15 +92,21 @@ def parser_for(args: argparse.Namespace, work: Path):
 
 
 def run_ours(args: argparse.Namespace, work: Path) -> dict:
+    from ignite.engine import Events
+
     parser = parser_for(args, work)
     # the network is built on its device before the clock starts, as in the other variants (on a GPU
     # that first call also creates the CUDA context, which is no part of the pipeline)
     parser.get_parsed_content("network")
     started, cpu = time.perf_counter(), cpu_seconds()
+    evaluator = parser.get_parsed_content("evaluator")  # the slides are prepared here
+    first: list[float] = []
+    evaluator.add_event_handler(Events.GET_BATCH_COMPLETED(once=1), lambda _: first.append(time.perf_counter()))
     parser.get_parsed_content("inference")
     seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu
     windows = len(parser.get_parsed_content("dataset"))
-    return {"seconds": seconds, "cpu_seconds": cpu, "windows": windows}
+    first_window = first[0] - started if first else seconds
+    return {"seconds": seconds, "cpu_seconds": cpu, "windows": windows, "first_window": first_window}
 
 
 def run_network(args: argparse.Namespace, work: Path, windows: int) -> dict:
@@ -122,20 +136,20 @@ def run_stock(args: argparse.Namespace, work: Path, mixed_precision: bool = Fals
     network = parser.get_parsed_content("network").eval()  # with the checkpoint's weights
     inferer = parser.get_parsed_content("inferer")
     predictor = (lambda x: inferer(x, network)) if mixed_precision else network
-    slide = work / "data" / "test" / "bench.tiff"
     started = time.perf_counter()
-    level = working_level(inspect_slide(slide, 2), 2)
-    reader = WSIReader(backend="cucim", level=level)
-    image, _ = reader.get_data(reader.read(str(slide)), level=level)
-    inputs = torch.from_numpy(np.asarray(image, np.float32) / 255)[None].to(args.device)
-    with torch.no_grad():
-        logits = sliding_window_inference(
-            inputs, args.roi, args.batch, predictor, overlap=args.overlap, mode="gaussian"
-        )
-        height, width = inspect_slide(slide).shape
-        probability = torch.nn.functional.interpolate(torch.sigmoid(logits), scale_factor=2, mode="bilinear")
-        mask = (probability[0, 0, :height, :width] > 0.5).cpu().numpy()
-    rle_encode(mask)
+    for slide in sorted((work / "data" / "test").glob("*.tiff")):  # slide after slide, as the stock loop goes
+        level = working_level(inspect_slide(slide, 2), 2)
+        reader = WSIReader(backend="cucim", level=level)
+        image, _ = reader.get_data(reader.read(str(slide)), level=level)
+        inputs = torch.from_numpy(np.asarray(image, np.float32) / 255)[None].to(args.device)
+        with torch.no_grad():
+            logits = sliding_window_inference(
+                inputs, args.roi, args.batch, predictor, overlap=args.overlap, mode="gaussian"
+            )
+            height, width = inspect_slide(slide).shape
+            probability = torch.nn.functional.interpolate(torch.sigmoid(logits), scale_factor=2, mode="bilinear")
+            mask = (probability[0, 0, :height, :width] > 0.5).cpu().numpy()
+        rle_encode(mask)
     return {"seconds": time.perf_counter() - started}
 
 
@@ -192,10 +206,69 @@ def measure_once(args: argparse.Namespace, work: Path) -> dict[str, dict]:
 def median_run(results: list[dict]) -> dict:
     """A variant's rounds as one: the median times, the highest peak memory, the rest as measured."""
     merged = {**results[0], "peak_mib": max(r["peak_mib"] for r in results)}
-    for key in ("seconds", "cpu_seconds"):
+    for key in ("seconds", "cpu_seconds", "first_window"):
         if key in merged:
             merged[key] = statistics.median(r[key] for r in results)
     return merged
+
+
+def cut_into_strips(slide: Path, folder: Path, count: int) -> None:
+    """``slide`` as ``count`` slides of whole rows (``bench-<i>.tiff``, as tall as can be made equal)."""
+    from scripts.pyramid import write_pyramid
+
+    image = tifffile.imread(slide, level=0)
+    height = -(-image.shape[0] // count)
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, top in enumerate(range(0, image.shape[0], height)):
+        strip = image[top : top + height]
+        write_pyramid(folder / f"bench-{index:02d}.tiff", lambda y0, y1, s=strip: s[y0:y1], strip.shape[:2],
+                      compression="jpeg", quality=90)  # fmt: skip
+
+
+def folder_rounds(args: argparse.Namespace, work: Path, megapixels: float) -> None:
+    """Folder mode: every folder's variants in each round; medians printed per folder, then the time ratios."""
+    folders = {count: work / f"folder{count}" for count in args.folders}
+    for count, folder in folders.items():
+        if not (folder / "data" / "test").is_dir():
+            cut_into_strips(work / "data" / "test" / "bench.tiff", folder / "data" / "test", count)
+    rounds = []
+    for _ in range(args.repeats):
+        round_results = {}
+        for count, folder in folders.items():
+            shutil.rmtree(folder / "cache", ignore_errors=True)  # a first run: every slide prepared
+            ours = child(args, "ours", folder)
+            round_results[count] = {
+                "ours": ours,
+                "network": child(args, "network", folder, ours["windows"]),
+                "stock": child(args, "stock", folder),
+            }
+        rounds.append(round_results)
+    results = {
+        count: {variant: median_run([r[count][variant] for r in rounds]) for variant in ("ours", "network", "stock")}
+        for count in folders
+    }
+    for count, result in results.items():
+        ours, network, stock = result["ours"], result["network"], result["stock"]
+        print(
+            f"folder of {count} slides: ours {ours['seconds']:.1f} s ({megapixels / ours['seconds']:.1f} MP/s, "
+            f"{ours['windows']} windows, first window after {ours['first_window']:.1f} s, peak "
+            f"{ours['peak_mib']:.0f} MiB); network alone {network['seconds']:.1f} s "
+            f"({megapixels / network['seconds']:.1f} MP/s); stock {stock['seconds']:.1f} s "
+            f"({megapixels / stock['seconds']:.1f} MP/s); pipeline/network {ours['seconds'] / network['seconds']:.2f}; "
+            f"stock/ours {stock['seconds'] / ours['seconds']:.2f}"
+        )
+    if args.repeats > 1:
+        print(
+            "ours' seconds per round: "
+            + "; ".join(
+                f"{count} slides " + ", ".join(f"{r[count]['ours']['seconds']:.1f}" for r in rounds)
+                for count in folders
+            )  # fmt: skip
+        )
+    base = args.folders[0]
+    for count in args.folders[1:]:
+        ratio = results[count]["ours"]["seconds"] / results[base]["ours"]["seconds"]
+        print(f"ours, {count} slides / {base} slides of the same pixels: {ratio:.2f} (goal <= 1.05)")
 
 
 def main() -> None:
@@ -227,6 +300,9 @@ def main() -> None:
         "--work-dir",
         help="keep the slide and every run's outputs here (default: a temporary folder); "
         "a slide already there is reused, e.g. to profile one variant with --variant ours --work",
+    )
+    parser.add_argument(
+        "--folders", nargs="+", type=int, help="folder mode: the slide cut into this many slides, one folder each"
     )
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
@@ -261,6 +337,10 @@ def main() -> None:
             height, width = tiled_slide(
                 slide, source, args.rows, args.cols, args.glass, compression=args.slide_compression
             )
+        if args.folders:
+            print(f"slide {width} x {height} ({height * width / 1e6:.0f} MP at level 0), cut into folders of slides")
+            folder_rounds(args, work, height * width / 1e6)
+            return
         runs = [measure_once(args, work) for _ in range(args.repeats)]
         tissue = RunOutputs(work / "ours").read_summary("bench")["tissue_fraction"]
     ours, network, stock, stock_mixed = (median_run([run[variant] for run in runs]) for variant in VARIANTS)

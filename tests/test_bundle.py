@@ -217,7 +217,8 @@ def test_train_on_all_validates_nothing_and_keeps_the_last_weights(trained, tmp_
     last = torch.load(tmp_path / "models" / "last.pt", weights_only=True)["model"]
     assert model.keys() == last.keys() and all(torch.equal(model[k], last[k]) for k in model)
     record = json.loads((tmp_path / "models" / "best.json").read_text())
-    assert record == {"metric": None, "epoch": 2, "downscale": 2, "working_mpp": 1.0}  # the model's scale too
+    # the model's scale and patch size too
+    assert record == {"metric": None, "epoch": 2, "downscale": 2, "working_mpp": 1.0, "patch_size": 128}
     assert "no validation slides (train_on_all): the last epoch's weights (epoch 2)" in result.stdout
     assert "val_dice" in validated.stdout + validated.stderr  # the fixture's run validated; this one did not:
     assert "val_dice" not in result.stdout + result.stderr
