@@ -303,3 +303,8 @@ def test_the_same_tissue_scanned_at_three_scales_gives_the_same_mask_at_each_sli
         assert (summary["height"], summary["width"]) == masks[name].shape
     preview = tmp_path / "out" / "previews" / "between.png"
     assert preview.exists()
+    # a rerun reuses the results and scores them against a truth at each slide's own level 0
+    truth = {name: rle_encode(mask) for name, mask in masks.items()}
+    run_inference(prepared, tmp_path / "out", done=tuple(scans), truth=truth)
+    for name in scans:
+        assert json.loads((tmp_path / "out" / "summaries" / f"{name}.json").read_text())["dice"] == 1.0, name

@@ -371,7 +371,7 @@ class SlidePredictionWriter:
             summary = self.outputs.read_summary(slide_id)
             if self.truth is not None and slide_id in self.truth and "dice" not in summary:
                 rle = self.outputs.read_rle(slide_id)
-                summary["dice"] = round(rle_dice(rle, self.truth[slide_id], self.slides[slide_id].shape), 6)
+                summary["dice"] = round(rle_dice(rle, self.truth[slide_id], self.slides[slide_id].level0_shape), 6)
                 self.outputs.write_summary(slide_id, summary)
 
     def _assemble(self) -> None:
