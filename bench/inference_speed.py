@@ -32,11 +32,11 @@ most K times the network time plus the single member's pipeline time (every wind
     python bench/inference_speed.py --repeats 3        # medians of 3 rounds, on a noisy machine
     python bench/inference_speed.py --ckpt bundle/models   # the shipped fold ensemble against its first member
 
-Folder mode (``--folders N [N ...]``): the slide is cut into N strips of rows, each a slide of its own,
-one folder per N; each round runs ours, the network alone and the stock approach (slide after slide)
-on every folder. Printed per folder: seconds and megapixels per second of each, and ours' time to its
-first window (slide preparation and reader start-up); then each folder's time against the first
-folder's (goal: 12 slides within 1.05 times 3 slides of the same pixels).
+Folder mode (``--folders N [N ...]``): the slide is cut into N pieces (a grid, as square as N
+allows), each a slide of its own, one folder per N; each round runs ours, the network alone and the
+stock approach (slide after slide) on every folder. Printed per folder: seconds and megapixels per
+second of each, and ours' time to its first window (slide preparation and reader start-up); then each
+folder's time against the first folder's (goal: 12 slides within 1.05 times 3 slides of the same pixels).
 
     python bench/inference_speed.py --rows 3 --cols 1 --glass 0 --folders 3 12   # 3 demo-size slides, cut in 12
 """
@@ -212,16 +212,23 @@ def median_run(results: list[dict]) -> dict:
     return merged
 
 
-def cut_into_strips(slide: Path, folder: Path, count: int) -> None:
-    """``slide`` as ``count`` slides of whole rows (``bench-<i>.tiff``, as tall as can be made equal)."""
+def cut_into_pieces(slide: Path, folder: Path, count: int) -> None:
+    """``slide`` as ``count`` slides (``bench-<i>.tiff``): a grid of pieces as near square as ``count``
+    allows, so a window grid over the pieces costs about what it costs over the whole."""
+    import math
+
     from scripts.pyramid import write_pyramid
 
     image = tifffile.imread(slide, level=0)
-    height = -(-image.shape[0] // count)
+    height, width = image.shape[:2]
+    grids = [(rows, count // rows) for rows in range(1, count + 1) if count % rows == 0]
+    rows, cols = min(grids, key=lambda grid: abs(math.log(height / grid[0] / (width / grid[1]))))
     folder.mkdir(parents=True, exist_ok=True)
-    for index, top in enumerate(range(0, image.shape[0], height)):
-        strip = image[top : top + height]
-        write_pyramid(folder / f"bench-{index:02d}.tiff", lambda y0, y1, s=strip: s[y0:y1], strip.shape[:2],
+    piece_height, piece_width = -(-height // rows), -(-width // cols)
+    for index in range(count):
+        top, left = index // cols * piece_height, index % cols * piece_width
+        piece = image[top : top + piece_height, left : left + piece_width]
+        write_pyramid(folder / f"bench-{index:02d}.tiff", lambda y0, y1, p=piece: p[y0:y1], piece.shape[:2],
                       compression="jpeg", quality=90)  # fmt: skip
 
 
@@ -230,7 +237,7 @@ def folder_rounds(args: argparse.Namespace, work: Path, megapixels: float) -> No
     folders = {count: work / f"folder{count}" for count in args.folders}
     for count, folder in folders.items():
         if not (folder / "data" / "test").is_dir():
-            cut_into_strips(work / "data" / "test" / "bench.tiff", folder / "data" / "test", count)
+            cut_into_pieces(work / "data" / "test" / "bench.tiff", folder / "data" / "test", count)
     rounds = []
     for _ in range(args.repeats):
         round_results = {}
