@@ -187,6 +187,14 @@ def test_working_resolution_resamples_a_slide_off_every_level(caplog, mpp):
     assert "slide-7" in message and f"{mpp:g}" in message and "resampled" in message and "working_mpp 1" in message
 
 
+def test_a_slide_far_coarser_than_the_model_is_read_as_it_is_with_a_warning(caplog):
+    with caplog.at_level(logging.INFO, logger="scripts.scale"):
+        assert working_resolution(SlideScale(4.0, "slide_mpp setting"), 1.0, 2, "overview") == WorkingResolution(1)
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING
+    assert "overview" in record.getMessage() and "4 microns" in record.getMessage() and "smaller" in record.getMessage()
+
+
 def test_working_resolution_without_slide_scale_keeps_the_setting(caplog):
     with caplog.at_level(logging.INFO, logger="scripts.scale"):
         assert working_resolution(SlideScale(None, "none"), 1.0, 4, "slide-9") == WorkingResolution(4, None)

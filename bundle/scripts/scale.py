@@ -38,6 +38,9 @@ AXIS_TOLERANCE = 0.05
 # this fraction the level is used as it is (training's own zoom augmentation covers it); beyond it the slide is
 # resampled to the model's scale once, since glomeruli seen 16 % too large already cost agreement (benchmarks.md).
 RESAMPLE_TOLERANCE = 0.05
+# A slide much coarser than the model's scale has lost the detail an enlargement would pretend to have, and its
+# copy would grow with the square of the factor: beyond this factor it is read as it is, with a warning.
+MAX_ENLARGEMENT = 2.0
 
 # OME-XML length units, in microns. "µ" is the micro sign (U+00B5); "μ" the Greek mu (U+03BC) some writers use.
 _OME_UNITS = {
@@ -286,7 +289,8 @@ def working_resolution(
 
     The pyramid level nearest ``working_mpp`` is read as it is when it lies within
     ``RESAMPLE_TOLERANCE`` of it; otherwise the slide is resampled to ``working_mpp`` exactly
-    (between two levels, or coarser than the model's scale).
+    (between two levels, or coarser than the model's scale by up to ``MAX_ENLARGEMENT``; a slide
+    coarser still is read at level 0 with a warning).
 
     Args:
         scale: the slide's scale.
@@ -317,6 +321,16 @@ def working_resolution(
     nearest = 2 ** max(0, math.ceil(math.log2(factor) - 0.5))
     if abs(nearest / factor - 1) <= RESAMPLE_TOLERANCE:
         return WorkingResolution(nearest)
+    if factor < 1 / MAX_ENLARGEMENT:
+        logger.warning(
+            "%s: scanned at %g microns per pixel, over %g times coarser than the model's working_mpp %g: it is "
+            "read as it is, and glomeruli will look smaller than in training and may be missed",
+            slide_id,
+            scale.mpp,
+            MAX_ENLARGEMENT,
+            working_mpp,
+        )
+        return WorkingResolution(1)
     logger.info(
         "%s: scanned at %g microns per pixel, between the pyramid's levels for the model's working_mpp %g: "
         "it is resampled to that scale once (%.4g level-0 pixels per working pixel)",
