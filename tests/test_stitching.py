@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import disc_slide, write_slide
 from scripts.prepare import prepare_slide
@@ -38,6 +39,30 @@ def test_aligned_bands_hold_the_same_rows_and_start_and_end_on_steps(step):
     assert ends[-1] == HEIGHT and all(end % step == 0 for end in ends[:-1])
     assert rows[1:] == ends[:-1]  # contiguous, each row once
     assert len(aligned) < len(plain)
+
+
+def test_bands_are_the_weighted_average_of_the_windows_blended_on_the_windows_device():
+    """The whole slide blended at once in numpy (skipped windows predicting 0) against the bands of
+    windows given as torch tensors; the bands stay on the windows' device."""
+    rng = np.random.default_rng(0)
+    weights = blend_weights(ROI, "gaussian", OVERLAP)
+    windows = [(y, x) for y in window_starts(HEIGHT, ROI, OVERLAP) for x in window_starts(WIDTH, ROI, OVERLAP)]
+    skipped = windows[::5]
+    margin = -min(window_starts(HEIGHT, ROI, OVERLAP))
+    total = np.zeros((HEIGHT + 2 * margin + ROI, WIDTH + 2 * margin + ROI), np.float32)
+    weight = np.zeros_like(total)
+    blender = BandStitcher(HEIGHT, WIDTH, weights, skipped, step=64, device=torch.device("cpu"))
+    bands = []
+    for y, x in windows:
+        window = np.zeros((ROI, ROI), np.float32) if (y, x) in skipped else rng.random((ROI, ROI), dtype=np.float32)
+        total[y + margin : y + margin + ROI, x + margin : x + margin + ROI] += window * weights
+        weight[y + margin : y + margin + ROI, x + margin : x + margin + ROI] += weights
+        if (y, x) not in skipped:
+            bands += blender.add(torch.from_numpy(window), y, x)
+    bands += blender.close()
+    assert all(isinstance(band, torch.Tensor) and band.device == torch.device("cpu") for _, band in bands)
+    expected = (total / np.maximum(weight, 1e-12))[margin : margin + HEIGHT, margin : margin + WIDTH]
+    np.testing.assert_allclose(torch.cat([band for _, band in bands]).numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_windows_out_of_row_order_are_refused():

@@ -13,6 +13,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from ignite.metrics import Metric
+from monai.utils import convert_to_tensor
 
 from .keys import DOWNSCALE, IMAGE, PATH, SHAPE, SLIDE_ID, STORE
 from .prepare import working_shape
@@ -175,12 +176,12 @@ class SlideDice(Metric):
         for item in output:
             meta = item["image"].meta
             slide_id = str(meta[SLIDE_ID])
-            probability = item["pred"][0].detach().float().cpu().numpy()
-            width, bands, _ = self._stitchers.add(meta, probability)
+            probability = convert_to_tensor(item["pred"][0], track_meta=False).detach().float()
+            width, bands, _ = self._stitchers.add(meta, probability)  # blended on the prediction's device
             maps = self._slide_maps(slide_id, meta) if self.map_size else None
             for row, band in bands:
                 label = read_window(meta[STORE], LABEL, row, 0, len(band), width)
-                predicted = band > self.threshold
+                predicted = (band > self.threshold).cpu().numpy()
                 self._counts[slide_id].add(predicted, label)
                 if maps is not None:
                     pool_any_into(maps.prediction, predicted, row, maps.downsample)

@@ -3,7 +3,9 @@
 Windows tile a slide at the working resolution in row-major order. Each window's probabilities
 are weighted (a Gaussian, or a box that keeps only the window's centre) and added to a buffer of a
 few window-heights of rows; rows that no later window can reach are normalised and handed on, so
-memory grows with the window size and the slide width, never with the slide.
+memory grows with the window size and the slide width, never with the slide. The blending is torch
+code on the device the probabilities come from: on a GPU the windows never leave it, only their
+blended bands do.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 import numpy as np
+import torch
 from monai.data.utils import compute_importance_map
 from monai.utils import BlendMode
 
@@ -170,13 +173,21 @@ class BandStitcher:
             band ends with the slide): a zarr store chunked by ``step`` rows is then written a
             whole chunk at a time, where a band across a chunk boundary makes zarr read, decode
             and encode the chunk again for each part.
+        device: where the windows are blended (the device they are predicted on).
     """
 
     def __init__(
-        self, height: int, width: int, weights: np.ndarray, skipped: list[tuple[int, int]] = (), step: int = 1
+        self,
+        height: int,
+        width: int,
+        weights: np.ndarray,
+        skipped: list[tuple[int, int]] = (),
+        step: int = 1,
+        device: torch.device | str = "cpu",
     ) -> None:
         self.height, self.width = height, width
-        self.weights = weights
+        self.device = torch.device(device)
+        self.weights = torch.as_tensor(weights, dtype=torch.float32, device=self.device)
         self.roi = weights.shape[0]
         self.step = step
         self._skipped = list(skipped)
@@ -186,21 +197,22 @@ class BandStitcher:
         # It holds the rows held back for alignment (fewer than step) and a window below them, and
         # is a whole number of steps, so an aligned band never wraps around its end.
         rows = -(-(self.roi + step) // step) * step
-        self._sum = np.zeros((rows, width), np.float32)
-        self._weight = np.zeros((rows, width), np.float32)
+        self._sum = torch.zeros((rows, width), dtype=torch.float32, device=self.device)
+        self._weight = torch.zeros((rows, width), dtype=torch.float32, device=self.device)
 
-    def add(self, probability: np.ndarray, y: int, x: int) -> Iterator[tuple[int, np.ndarray]]:
+    def add(self, probability: torch.Tensor | np.ndarray, y: int, x: int) -> Iterator[tuple[int, torch.Tensor]]:
         """Add a window's ``(roi, roi)`` probabilities at working ``(y, x)``; yield rows now final.
 
         Yields:
-            ``(first row, (rows, width) float32 probabilities)``.
+            ``(first row, (rows, width) float32 probabilities)`` on the stitcher's device.
         """
+        probability = torch.as_tensor(probability, dtype=torch.float32, device=self.device)
         while self._next_skipped < len(self._skipped) and self._skipped[self._next_skipped] < (y, x):
             yield from self._add_window(None, *self._skipped[self._next_skipped])
             self._next_skipped += 1
         yield from self._add_window(probability, y, x)
 
-    def close(self) -> Iterator[tuple[int, np.ndarray]]:
+    def close(self) -> Iterator[tuple[int, torch.Tensor]]:
         """Yield every row not yet released, down to the slide's last row."""
         for y, x in self._skipped[self._next_skipped :]:
             yield from self._add_window(None, y, x)
@@ -216,7 +228,7 @@ class BandStitcher:
             yield first, start, count
             first += count
 
-    def _add_window(self, probability: np.ndarray | None, y: int, x: int) -> Iterator[tuple[int, np.ndarray]]:
+    def _add_window(self, probability: torch.Tensor | None, y: int, x: int) -> Iterator[tuple[int, torch.Tensor]]:
         """Release the rows above ``y``, then add the window (``None``: a skipped one, predicting 0)."""
         if max(y, 0) < self._top:
             raise ValueError(f"windows must come in row order: row {y} after row {self._top}")
@@ -233,15 +245,16 @@ class BandStitcher:
                 )
             self._weight[start : start + count, x + c0 : x + c1] += weights
 
-    def _release(self, until: int) -> Iterator[tuple[int, np.ndarray]]:
+    def _release(self, until: int) -> Iterator[tuple[int, torch.Tensor]]:
         """Hand on rows ``[top, until)`` (``until`` rounded down to a step, unless it is the slide's
         end) and clear their place in the ring."""
         until = self.height if until >= self.height else until // self.step * self.step
         for row, start, count in self._segments(self._top, until):
             total, weight = self._sum[start : start + count], self._weight[start : start + count]
-            yield row, np.divide(total, weight, out=np.zeros_like(weight), where=weight > 0)
-            total[:] = 0
-            weight[:] = 0
+            # rows no window reached (weight 0) are 0; the division there is never used
+            yield row, torch.where(weight > 0, total / weight, torch.zeros((), device=self.device))
+            total.zero_()
+            weight.zero_()
         self._top = max(self._top, until)
 
 
@@ -258,25 +271,29 @@ class SlideStitchers:
         self.step = step
         self._open: dict[str, tuple[BandStitcher, int]] = {}
 
-    def add(self, meta: dict, probability: np.ndarray) -> tuple[int, list[tuple[int, np.ndarray]], bool]:
+    def add(
+        self, meta: dict, probability: torch.Tensor | np.ndarray
+    ) -> tuple[int, list[tuple[int, torch.Tensor]], bool]:
         """Add one window of a slide.
 
         Args:
             meta: the window's image metadata (``slide_id``, ``location``), as
                 :class:`scripts.datasets.SlideRegionDataset` gives it.
-            probability: ``(roi, roi)`` probabilities.
+            probability: ``(roi, roi)`` probabilities; a slide is blended on the device of its first window's.
 
         Returns:
             ``(width, bands, complete)``: the slide's width at the working resolution, the rows
-            released by this window (all remaining rows when it was the slide's last window), and
-            whether it was.
+            released by this window (all remaining rows when it was the slide's last window; tensors
+            on the blending device), and whether it was.
         """
         slide_id = str(meta[SLIDE_ID])
         slide, grid = self.windows.slides[slide_id], self.windows.grids[slide_id]
         height, width = slide.working_shape
         y, x = (int(v) // slide.downscale for v in meta[LOCATION])
         if slide_id not in self._open:
-            self._open[slide_id] = (BandStitcher(height, width, self.windows.weights, grid.skipped, self.step), 0)
+            device = probability.device if isinstance(probability, torch.Tensor) else "cpu"
+            stitcher = BandStitcher(height, width, self.windows.weights, grid.skipped, self.step, device)
+            self._open[slide_id] = (stitcher, 0)
         stitcher, seen = self._open[slide_id]
         bands = list(stitcher.add(probability, y, x))
         if seen + 1 < len(grid.run):

@@ -195,15 +195,10 @@ class SlidePredictionWriter:
         The queue is bounded: when the worker falls behind, the network waits instead of memory growing.
         """
         items = engine.state.output
-        # one copy off the device for the whole batch (on a GPU each copy waits for the device), of plain
-        # tensors (stacking MetaTensors costs their metadata's bookkeeping)
-        predictions = (
-            torch.stack([convert_to_tensor(item["pred"][0], track_meta=False).detach() for item in items])
-            .float()
-            .cpu()
-            .numpy()
-        )
-        for item, prediction in zip(items, predictions, strict=True):
+        # plain tensors (MetaTensors carry their metadata's bookkeeping through every operation), left on
+        # their device: the windows are blended there, and only the blended bands come off it
+        for item in items:
+            prediction = convert_to_tensor(item["pred"][0], track_meta=False).detach().float()
             self._queue.put((dict(item["image"].meta), prediction))
 
     def _drain(self) -> None:
@@ -214,7 +209,7 @@ class SlidePredictionWriter:
             except BaseException as error:  # surfaced by finish(), after the queue is drained
                 self._worker_error = self._worker_error or error
 
-    def _add_window(self, meta: dict, probability: np.ndarray) -> None:
+    def _add_window(self, meta: dict, probability: torch.Tensor) -> None:
         """Blend one window into its slide, extend its level-0 mask, finish it after its last window."""
         state = self._state(str(meta[SLIDE_ID]))
         state.bar.update(1)
@@ -224,7 +219,7 @@ class SlidePredictionWriter:
             )
         _, bands, complete = self.stitchers.add(meta, probability)
         for row, band in bands:
-            band = np.rint(band * 255).astype(np.uint8)
+            band = torch.round(band * 255).to(torch.uint8).cpu().numpy()  # as np.rint: halves to even
             self._wait_for_bands(state, PENDING_BAND_STEPS)
             store, level0, polygons = self._band_steps
             state.pending.append(store.submit(self._store_band, state, row, band))
