@@ -76,7 +76,7 @@ def bilinear_block(
 
 
 def resampled_band_reader(
-    read_band: BandReader, shape: tuple[int, int], factor: float, width: int | None = None
+    read_band: BandReader, shape: tuple[int, int], factor: float, out_width: int | None = None
 ) -> BandReader:
     """``read(y0, y1)``: rows of an image resampled by ``1 / factor`` from level-0 bands.
 
@@ -88,13 +88,13 @@ def resampled_band_reader(
         read_band: ``read_band(y0, y1)`` of level-0 rows as ``(h, W, 3) uint8``.
         shape: level-0 ``(height, width)``.
         factor: level-0 pixels per output pixel (above 1 shrinks, below 1 enlarges).
-        width: the output's width; default: that of :func:`reduced_shape` (a pyramid level read in place
-            of level 0 may round it otherwise).
+        out_width: the output's width; default: that of :func:`reduced_shape` (a pyramid level read in
+            place of level 0 may round it otherwise).
 
     Returns:
-        A reader of output rows ``[y0, y1)`` as ``uint8`` ``(y1 - y0, width, 3)``.
+        A reader of output rows ``[y0, y1)`` as ``uint8`` ``(y1 - y0, out_width, 3)``.
     """
-    out_width = width or reduced_shape(shape, factor)[1]
+    out_width = out_width or reduced_shape(shape, factor)[1]
     height, width = shape
     sigma = max((factor - 1) / 2, 0.0)
     margin = math.ceil(4 * sigma) + 2
