@@ -24,6 +24,7 @@ import zarr
 from skimage.measure import block_reduce
 
 from .files import atomic_path
+from .resample import reduced_shape
 
 __all__ = ["level_shape", "num_levels", "pool_mask", "reduce2x", "write_pyramid"]
 
@@ -33,8 +34,7 @@ ENCODERS = min(os.cpu_count() or 1, 8)  # threads deflating tiles
 
 def level_shape(shape: tuple[int, int], level: int) -> tuple[int, int]:
     """``(height, width)`` of pyramid ``level`` for a level-0 ``shape`` (ceil division by ``2**level``)."""
-    scale = 2**level
-    return -(-shape[0] // scale), -(-shape[1] // scale)
+    return reduced_shape(shape, 2**level)
 
 
 def num_levels(shape: tuple[int, int], smallest: int = 512) -> int:

@@ -252,7 +252,7 @@ class BandStitcher:
         for row, start, count in self._segments(self._top, until):
             total, weight = self._sum[start : start + count], self._weight[start : start + count]
             # rows no window reached (weight 0) are 0; the division there is never used
-            yield row, torch.where(weight > 0, total / weight, torch.zeros((), device=self.device))
+            yield row, torch.where(weight > 0, total / weight, 0.0)
             total.zero_()
             weight.zero_()
         self._top = max(self._top, until)

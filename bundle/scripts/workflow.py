@@ -80,6 +80,7 @@ def _prepare_all(
     cache_dir: str,
     downscale: int,
     tissue: dict | None,
+    *,
     labelled: bool,
     share: bool = False,
     working_mpp: float | None = None,
@@ -188,7 +189,17 @@ def training_slides(
             f"{folder.root}: no training slides; put them in train/<id>.tiff with their masks in "
             "train.csv (id,encoding) or glomerulus polygons in train/<id>.json"
         )
-    slides = _prepare_all(folder, "train", listed, cache_dir, downscale, tissue, True, False, working_mpp, slide_mpp)
+    slides = _prepare_all(
+        folder,
+        "train",
+        listed,
+        cache_dir,
+        downscale,
+        tissue,
+        labelled=True,
+        working_mpp=working_mpp,
+        slide_mpp=slide_mpp,
+    )
     report_problems(slides.failed)
     if len(slides.prepared) < 2:
         raise DatasetError(
@@ -227,7 +238,17 @@ def pseudo_labelled_slides(
         return []
     folder = HubmapFolder(Path(dataset_dir))
     listed = _with_rle(folder.labelled_slides(str(Path(csv_path).resolve()), "test"))
-    slides = _prepare_all(folder, "test", listed, cache_dir, downscale, tissue, True, False, working_mpp, slide_mpp)
+    slides = _prepare_all(
+        folder,
+        "test",
+        listed,
+        cache_dir,
+        downscale,
+        tissue,
+        labelled=True,
+        working_mpp=working_mpp,
+        slide_mpp=slide_mpp,
+    )
     report_problems(slides.failed)
     return slides.slides
 
@@ -246,7 +267,18 @@ def inference_slides(
     arguments as :func:`training_slides` takes them."""
     folder = open_dataset(dataset_dir, demo_dir)
     listed = {slide_id: (image, None) for slide_id, image in folder.test_slides().items()}
-    slides = _prepare_all(folder, "test", listed, cache_dir, downscale, tissue, False, True, working_mpp, slide_mpp)
+    slides = _prepare_all(
+        folder,
+        "test",
+        listed,
+        cache_dir,
+        downscale,
+        tissue,
+        labelled=False,
+        share=True,
+        working_mpp=working_mpp,
+        slide_mpp=slide_mpp,
+    )
     if not slides.listed and not slides.failed:
         raise DatasetError(f"{folder.root}: no slides to segment; put them in test/<id>.tiff")
     return slides
@@ -276,10 +308,10 @@ def evaluation_slides(
         cache_dir,
         downscale,
         tissue,
-        True,
-        True,
-        working_mpp,
-        slide_mpp,
+        labelled=True,
+        share=True,
+        working_mpp=working_mpp,
+        slide_mpp=slide_mpp,
     )
     if not slides.listed:
         raise DatasetError(f"{folder.root / csv_name}: no usable labelled slides to evaluate")
