@@ -132,6 +132,23 @@ def test_the_validated_and_saved_model_is_the_weight_average_when_one_is_asked_f
     assert ("averaged_model" in checkpoint.objects) == (momentum is not None)  # a 0.3.2 last.pt still resumes
 
 
+@pytest.mark.parametrize("hard", [0, 4])
+def test_hard_negative_mining_runs_over_the_training_slides_into_the_training_dataset(tiny, hard):
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.yaml"))
+    parser.update({**tiny, "hard_patches_per_slide": hard})
+    handlers = [h for h in parser.get_parsed_content("train#every_rank_handlers") if hasattr(h, "mine")]
+    assert len(handlers) == (1 if hard else 0)
+    if hard:
+        (miner,) = handlers
+        train, _ = parser.get_parsed_content("split")
+        assert {item["slide_id"] for item in miner.evaluator.data_loader.dataset.data} == {s.slide_id for s in train}
+        assert miner.dataset is parser.get_parsed_content("train#dataset") and miner.max_per_slide == hard
+        assert miner.evaluator.network is parser.get_parsed_content("validate#evaluator").network
+        regions = [unit["region"] for unit in parser.get_parsed_content("train#datalist")]
+        assert regions.count("hard") == hard * len(train)
+
+
 def test_grid_recipe_lists_tissue_tiles_of_the_training_slides_only(tiny):
     parser = ConfigParser()
     parser.read_config([str(CONFIGS / "train.yaml"), str(CONFIGS / "grid_sampling.yaml")])

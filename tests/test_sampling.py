@@ -12,12 +12,14 @@ from scripts.rle import rle_encode
 from scripts.sampling import class_weights, grid_units, sampling_units, split_slides
 
 
-def test_every_glomerulus_once_plus_random_units(tmp_path):
+def test_every_glomerulus_once_plus_random_and_hard_units(tmp_path):
     image, mask = disc_slide()
     slide = prepare_slide("s1", write_slide(tmp_path / "s1.tiff", image), tmp_path / "cache", 2, rle_encode(mask))
     units = sampling_units([slide, slide], random_per_slide=3)
     assert len(units) == 2 * (2 + 3)
     assert sum("bbox" in unit for unit in units) == 4
+    units = sampling_units([slide, slide], random_per_slide=3, hard_per_slide=2)
+    assert [unit["region"] for unit in units].count("hard") == 4 and len(units) == 2 * (2 + 3 + 2)
     assert all(unit["level"] == 1 and unit["store"] == slide.store for unit in units)
 
 

@@ -105,7 +105,9 @@ class ImportancePatchDataset(Randomizable, SlideRegionDataset):
     A ``glomerulus`` unit gets a centre uniform in its ``bbox`` (level-0 ``[y0, x0, y1, x1]``); a
     ``random`` unit picks a region class (:data:`scripts.regions.SAMPLING_CLASSES`) with probability
     proportional to its ``weights`` (``{class: weight}``, classes the slide lacks left out), then a
-    centre uniform in that class's pixels of the region map; a ``grid`` unit keeps its fixed ``centre``.
+    centre uniform in that class's pixels of the region map; a ``grid`` unit keeps its fixed ``centre``;
+    a ``hard`` unit gets a centre uniform in one of its slide's hard-negative boxes
+    (:meth:`set_hard_boxes`, from :mod:`scripts.mining`), and is a ``random`` unit while there are none.
     The draw uses this dataset's random state, which MONAI's ``DataLoader`` reseeds per worker and per
     epoch, so every epoch sees new patches and a seeded run repeats exactly.
 
@@ -129,15 +131,23 @@ class ImportancePatchDataset(Randomizable, SlideRegionDataset):
         super().__init__(data, transform=transform, reader=reader, **kwargs)
         self.patch_side = patch_size
         self._regions: dict[str, tuple[dict[str, tuple[np.ndarray, np.ndarray]], int]] = {}
+        self.hard_boxes: dict[str, list[list[int]]] = {}
         self.set_random_state(seed)
+
+    def set_hard_boxes(self, boxes: dict[str, list[list[int]]]) -> None:
+        """Replace the hard-negative boxes: ``{store: [[y0, x0, y1, x1], ...]}`` (level 0). DataLoader
+        workers start afresh each epoch (``persistent_workers`` off), so the next epoch draws from them."""
+        self.hard_boxes = {store: list(found) for store, found in boxes.items()}
 
     def randomize(self, data: dict) -> tuple[int, int]:
         """Draw a level-0 patch centre ``(row, col)`` for a sampling unit."""
         if data["region"] == "grid":
             return tuple(data["centre"])
         if data["region"] == "glomerulus":
-            y0, x0, y1, x1 = data["bbox"]
-            return int(self.R.randint(y0, max(y1, y0 + 1))), int(self.R.randint(x0, max(x1, x0 + 1)))
+            return self._centre_in(data["bbox"])
+        if data["region"] == "hard" and self.hard_boxes.get(data[STORE]):
+            boxes = self.hard_boxes[data[STORE]]
+            return self._centre_in(boxes[self.R.randint(len(boxes))])
         points, downsample = self._region_points(data[STORE])
         names = [name for name, weight in data["weights"].items() if weight > 0 and name in points]
         if not names:
@@ -146,6 +156,11 @@ class ImportancePatchDataset(Randomizable, SlideRegionDataset):
         rows, cols = points[names[self.R.choice(len(names), p=weights / weights.sum())]]
         pick = self.R.randint(len(rows))
         return int((rows[pick] + self.R.rand()) * downsample), int((cols[pick] + self.R.rand()) * downsample)
+
+    def _centre_in(self, box: Sequence[int]) -> tuple[int, int]:
+        """A centre uniform in a level-0 ``[y0, x0, y1, x1]`` box."""
+        y0, x0, y1, x1 = box
+        return int(self.R.randint(y0, max(y1, y0 + 1))), int(self.R.randint(x0, max(x1, x0 + 1)))
 
     def _region_points(self, store: str) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], int]:
         """``({class: (rows, cols)}, downsample)`` of the store's region map, for the classes it holds;

@@ -53,20 +53,26 @@ def class_weights(region_weights: Mapping[str, float]) -> dict[str, float]:
 
 
 def sampling_units(
-    slides: Sequence[PreparedSlide], random_per_slide: int, region_weights: Mapping[str, float] | None = None
+    slides: Sequence[PreparedSlide],
+    random_per_slide: int,
+    region_weights: Mapping[str, float] | None = None,
+    hard_per_slide: int = 0,
 ) -> list[dict]:
-    """One datalist item per glomerulus plus ``random_per_slide`` random items per slide.
+    """One datalist item per glomerulus plus ``random_per_slide`` random and ``hard_per_slide``
+    hard-negative items per slide.
 
     Args:
         slides: prepared, labelled slides.
         random_per_slide: patches per slide and epoch centred at random points.
         region_weights: how random centres are shared between regions (default
             :data:`DEFAULT_REGION_WEIGHTS`, see :func:`class_weights`).
+        hard_per_slide: patches per slide and epoch centred on the network's mined false positives
+            (:mod:`scripts.mining`; random centres until a mining found some).
 
     Returns:
         Items for :class:`scripts.datasets.ImportancePatchDataset`: the slide's fields (``level`` is
         the working level) and ``region``: ``"glomerulus"`` (with ``bbox``, level-0
-        ``[y0, x0, y1, x1]``) or ``"random"`` (with ``weights``, ``{class: weight}``).
+        ``[y0, x0, y1, x1]``), ``"random"`` or ``"hard"`` (with ``weights``, ``{class: weight}``).
     """
     weights = class_weights(region_weights or DEFAULT_REGION_WEIGHTS)
     units = []
@@ -75,6 +81,7 @@ def sampling_units(
         boxes = read_glomeruli(slide.store)
         units += [{**base, "region": "glomerulus", "bbox": list(box)} for box in boxes]
         units += [{**base, "region": "random", "weights": weights} for _ in range(random_per_slide)]
+        units += [{**base, "region": "hard", "weights": weights} for _ in range(hard_per_slide)]
     return units
 
 
