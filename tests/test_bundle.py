@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -153,8 +154,8 @@ def test_torchrun_ranks_share_the_slides_and_rank_0_merges_them(trained):
 
 
 def test_ddp_training_under_torchrun_on_two_cpu_processes(trained, tmp_path):
-    """multi_gpu_train.yaml with Gloo: both ranks train, the budget stops them together, rank 0
-    alone validates and saves the best model and the checkpoint."""
+    """multi_gpu_train.yaml with Gloo: both ranks train (and mine their false positives), the budget
+    stops them together, rank 0 alone validates and saves the best model and the checkpoint."""
     root, flags, _ = trained
     flags = [*flags[:-2], "--ckpt_dir", str(tmp_path / "models")]
     configs = f"['{CONFIGS / 'train.yaml'}','{CONFIGS / 'multi_gpu_train.yaml'}']"
@@ -183,6 +184,10 @@ def test_ddp_training_under_torchrun_on_two_cpu_processes(trained, tmp_path):
         "1",
         "--random_patches_per_slide",
         "2",
+        "--hard_patches_per_slide",
+        "2",
+        "--mine_interval",
+        "1",
     ]
     started = time.monotonic()
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
@@ -192,6 +197,9 @@ def test_ddp_training_under_torchrun_on_two_cpu_processes(trained, tmp_path):
     assert 1 <= state["trainer"]["epoch"] < 1000 and not any(k.startswith("module.") for k in state["model"])
     assert (tmp_path / "models" / "model.pt").is_file()
     assert result.stdout.count("best validation Dice") == 1  # reported by rank 0 only
+    output = result.stdout + result.stderr
+    mined = re.findall(r"epoch (\d+): \d+ false-positive objects on (\d) training slides", output)
+    assert mined and all(slides == "2" for _, slides in mined)  # every rank mines every training slide
 
 
 def test_train_on_all_validates_nothing_and_keeps_the_last_weights(trained, tmp_path):

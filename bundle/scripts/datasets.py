@@ -15,7 +15,24 @@ import numpy as np
 from monai.data import PatchWSIDataset
 from monai.transforms import Randomizable
 
-from .keys import DOWNSCALE, IMAGE, LOCATION, PATH, READ_ERROR, SHAPE, SIZE, STORE, WINDOW_META_KEYS
+from .keys import (
+    BBOX,
+    CENTRE,
+    DOWNSCALE,
+    GLOMERULUS_UNIT,
+    GRID_UNIT,
+    HARD_UNIT,
+    IMAGE,
+    LOCATION,
+    PATH,
+    READ_ERROR,
+    SHAPE,
+    SIZE,
+    STORE,
+    UNIT_KIND,
+    WEIGHTS,
+    WINDOW_META_KEYS,
+)
 from .prepare import working_shape
 from .regions import SAMPLING_CLASSES
 from .store import read_regions
@@ -141,18 +158,18 @@ class ImportancePatchDataset(Randomizable, SlideRegionDataset):
 
     def randomize(self, data: dict) -> tuple[int, int]:
         """Draw a level-0 patch centre ``(row, col)`` for a sampling unit."""
-        if data["region"] == "grid":
-            return tuple(data["centre"])
-        if data["region"] == "glomerulus":
-            return self._centre_in(data["bbox"])
-        if data["region"] == "hard" and self.hard_boxes.get(data[STORE]):
+        if data[UNIT_KIND] == GRID_UNIT:
+            return tuple(data[CENTRE])
+        if data[UNIT_KIND] == GLOMERULUS_UNIT:
+            return self._centre_in(data[BBOX])
+        if data[UNIT_KIND] == HARD_UNIT and self.hard_boxes.get(data[STORE]):
             boxes = self.hard_boxes[data[STORE]]
             return self._centre_in(boxes[self.R.randint(len(boxes))])
         points, downsample = self._region_points(data[STORE])
-        names = [name for name, weight in data["weights"].items() if weight > 0 and name in points]
+        names = [name for name, weight in data[WEIGHTS].items() if weight > 0 and name in points]
         if not names:
             return int(self.R.randint(0, data["shape"][0])), int(self.R.randint(0, data["shape"][1]))
-        weights = np.array([data["weights"][name] for name in names], dtype=float)
+        weights = np.array([data[WEIGHTS][name] for name in names], dtype=float)
         rows, cols = points[names[self.R.choice(len(names), p=weights / weights.sum())]]
         pick = self.R.randint(len(rows))
         return int((rows[pick] + self.R.rand()) * downsample), int((cols[pick] + self.R.rand()) * downsample)

@@ -15,6 +15,7 @@ from typing import NamedTuple, TypeVar
 
 import numpy as np
 
+from .keys import BBOX, CENTRE, GLOMERULUS_UNIT, GRID_UNIT, HARD_UNIT, RANDOM_UNIT, UNIT_KIND, WEIGHTS
 from .prepare import PreparedSlide
 from .regions import SAMPLING_CLASSES
 from .store import read_glomeruli, read_tissue
@@ -79,9 +80,9 @@ def sampling_units(
     for slide in slides:
         base = slide.as_dict()
         boxes = read_glomeruli(slide.store)
-        units += [{**base, "region": "glomerulus", "bbox": list(box)} for box in boxes]
-        units += [{**base, "region": "random", "weights": weights} for _ in range(random_per_slide)]
-        units += [{**base, "region": "hard", "weights": weights} for _ in range(hard_per_slide)]
+        units += [{**base, UNIT_KIND: GLOMERULUS_UNIT, BBOX: list(box)} for box in boxes]
+        units += [{**base, UNIT_KIND: RANDOM_UNIT, WEIGHTS: weights} for _ in range(random_per_slide)]
+        units += [{**base, UNIT_KIND: HARD_UNIT, WEIGHTS: weights} for _ in range(hard_per_slide)]
     return units
 
 
@@ -108,7 +109,7 @@ def grid_units(slides: Sequence[PreparedSlide], patch_size: int, min_tissue: flo
                     left // downsample : -(-(left + side) // downsample),
                 ]
                 if window.size and window.mean() >= min_tissue:
-                    units.append({**slide.as_dict(), "region": "grid", "centre": [top + side // 2, left + side // 2]})
+                    units.append({**slide.as_dict(), UNIT_KIND: GRID_UNIT, CENTRE: [top + side // 2, left + side // 2]})
     return units
 
 
