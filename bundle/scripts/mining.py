@@ -21,6 +21,7 @@ import numpy as np
 from ignite.engine import Engine, Events
 from scipy import ndimage
 
+from .datasets import ImportancePatchDataset
 from .metrics import SlideDice, SlideMaps
 
 __all__ = ["HardNegativeMining", "false_positive_boxes"]
@@ -62,12 +63,19 @@ class HardNegativeMining:
     Args:
         evaluator: a MONAI evaluator over the training slides' tissue windows, with ``metric`` attached.
         metric: its :class:`scripts.metrics.SlideDice` (with maps: ``map_size`` > 0).
-        dataset: the training dataset; its ``set_hard_boxes({store: boxes})`` takes the boxes.
+        dataset: the training dataset, which takes the boxes (:meth:`ImportancePatchDataset.set_hard_boxes`).
         interval: epochs between minings; 0 disables mining.
         max_per_slide: the most boxes kept per slide (the largest objects).
     """
 
-    def __init__(self, evaluator: Engine, metric: SlideDice, dataset, interval: int, max_per_slide: int = 64) -> None:
+    def __init__(
+        self,
+        evaluator: Engine,
+        metric: SlideDice,
+        dataset: ImportancePatchDataset,
+        interval: int,
+        max_per_slide: int = 64,
+    ) -> None:
         if not metric.map_size:
             raise ValueError("hard-negative mining needs the metric's slide maps (map_size > 0)")
         self.evaluator = evaluator
