@@ -99,12 +99,12 @@ def run_ours(args: argparse.Namespace, work: Path) -> dict:
     # that first call also creates the CUDA context, which is no part of the pipeline)
     parser.get_parsed_content("network")
     started, cpu = time.perf_counter(), cpu_seconds()
-    evaluator = parser.get_parsed_content("evaluator")  # the slides are prepared here
+    evaluator = parser.get_parsed_content("evaluator")  # the slides are prepared once the run starts
     first: list[float] = []
     evaluator.add_event_handler(Events.GET_BATCH_COMPLETED(once=1), lambda _: first.append(time.perf_counter()))
     parser.get_parsed_content("inference")
     seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu
-    windows = len(parser.get_parsed_content("dataset"))
+    windows = len(parser.get_parsed_content("windows"))
     first_window = first[0] - started if first else seconds
     return {"seconds": seconds, "cpu_seconds": cpu, "windows": windows, "first_window": first_window}
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from scripts import level0
-from scripts.level0 import Level0Mask, upsample_threshold
+from scripts.level0 import Level0Mask, bilinear_block, upsample_threshold
 from scripts.metrics import DiceCounts
 from scripts.outputs import write_mask_tiff
 from scripts.pyramid import pool_mask
@@ -27,6 +27,16 @@ SHAPE = (2797, 209)  # level 0: taller than the rows held for the reader (level0
 # multiple of the scale, so the last working row and column reach past it
 # a slide resampled between pyramid levels: 4.3 level-0 pixels per working pixel, the same working shape
 FRACTIONAL = (4.3, (3001, 225))
+
+
+def test_a_bilinear_block_is_the_same_pixels_of_the_whole_upsampling():
+    probability = torch.from_numpy(np.random.default_rng(0).random((23, 31)).astype(np.float32))
+    whole = F.interpolate(probability[None, None], scale_factor=2.8, mode="bilinear")[0, 0].numpy()
+    np.testing.assert_allclose(bilinear_block(probability, (0, 0), (0, 64), (0, 86), 2.8).numpy(), whole, atol=1e-5)
+    # a block inside the slide, given only the working pixels it needs (one of context on each side)
+    rows, cols = (level0_start(8, 2.8), level0_start(15, 2.8)), (level0_start(20, 2.8), level0_start(30, 2.8))
+    block = bilinear_block(probability[7:16, 19:31], (7, 19), rows, cols, 2.8).numpy()
+    np.testing.assert_allclose(block, whole[rows[0] : rows[1], cols[0] : cols[1]], atol=1e-5)
 
 
 @pytest.mark.parametrize("scale", [4, 2.8])

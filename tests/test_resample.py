@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 
-from scripts.resample import bilinear_block, label_band_reader, level0_start, reduced_shape, resampled_band_reader
+from scripts.resample import label_band_reader, level0_start, reduced_shape, resampled_band_reader
 
 
 @pytest.mark.parametrize(
@@ -28,16 +26,6 @@ def test_level0_rows_are_split_between_working_rows_by_their_nearest_centre():
     for row in range(4):  # each level-0 row's centre maps inside the working row it is given to
         for level0_row in range(starts[row], starts[row + 1]):
             assert row <= (level0_row + 0.5) / 2.8 < row + 1
-
-
-def test_a_bilinear_block_is_the_same_pixels_of_the_whole_upsampling():
-    probability = np.random.default_rng(0).random((23, 31)).astype(np.float32)
-    whole = F.interpolate(torch.from_numpy(probability)[None, None], scale_factor=2.8, mode="bilinear")[0, 0].numpy()
-    np.testing.assert_allclose(bilinear_block(probability, (0, 0), (0, 64), (0, 86), 2.8), whole, atol=1e-5)
-    # a block inside the slide, given only the working pixels it needs (one of context on each side)
-    rows, cols = (level0_start(8, 2.8), level0_start(15, 2.8)), (level0_start(20, 2.8), level0_start(30, 2.8))
-    block = bilinear_block(probability[7:16, 19:31], (7, 19), rows, cols, 2.8)
-    np.testing.assert_allclose(block, whole[rows[0] : rows[1], cols[0] : cols[1]], atol=1e-5)
 
 
 @pytest.mark.parametrize("factor", [2.8, 1.3, 0.7])  # shrinking a lot, a little, and enlarging

@@ -93,3 +93,9 @@ def test_windows_cover_tissue_only_and_the_datalist_is_the_stitchers_grid(tmp_pa
         covered[y : y + 128, x : x + 128] = True
     assert covered[130, 150] and covered[300, 350] and covered[350, 150]  # every disc centre
     assert TissueWindows(prepared, 128, 0.25, skip={"s1"}).datalist == []  # a done slide is not run
+    assert len(windows) == len(data)
+    # streamed: each slide's grid is known once its first item is handed on, the items are the same
+    streamed = TissueWindows([], 128, 0.25, skip={"empty"})
+    items = streamed.stream(iter(prepared))
+    assert streamed.grids == {} and next(items) == data[0] and list(streamed.grids) == ["s1"]
+    assert [data[0], *items] == data and list(streamed.slides) == ["s1"] and len(streamed) == len(data)

@@ -94,7 +94,38 @@ def test_inference_lists_sample_submission_and_reports_missing_slides(tmp_path):
     root = make_dataset(tmp_path / "data")
     write_csv(root / "sample_submission.csv", ("id", "predicted"), [("t1", ""), ("absent", "")])
     slides = prepare(root, tmp_path, inference_slides)
-    assert list(slides.prepared) == ["t1"] and "absent" in slides.failed and slides.truth is None
+    assert "absent" in slides.failed and slides.listed == ["t1", "absent"] and slides.truth is None
+    assert not slides.prepared and slides.ids == ["t1"]  # prepared once the run asks for them
+    assert [slide.slide_id for slide in slides.ready()] == ["t1"] and list(slides.prepared) == ["t1"]
+
+
+def test_a_streamed_set_hands_on_each_slide_while_the_next_ones_are_prepared(tmp_path, monkeypatch):
+    """Evaluation's slides come in listing order, the first before the second is prepared; one that
+    cannot be used is passed over, leaving the truth, and the others still come."""
+    root = make_dataset(tmp_path / "data", bad_rows=[("notatiff", "1 5")])
+    (root / "train" / "notatiff.tiff").write_text("this is not a TIFF")
+    release, second_started, real = threading.Event(), threading.Event(), scripts.workflow.prepare_slide
+    started = []
+
+    def prepare_slide(slide_id, *args, **kwargs):
+        started.append(slide_id)
+        if slide_id == "good2":
+            second_started.set()
+            if not release.wait(timeout=30):
+                raise AssertionError("good2 was waited for before good1 was handed on")
+        return real(slide_id, *args, **kwargs)
+
+    monkeypatch.setattr(scripts.workflow, "prepare_slide", prepare_slide)
+    slides = prepare(root, tmp_path, evaluation_slides, split="train")
+    assert started == [] and set(slides.truth) == {"good1", "good2", "notatiff"}
+    stream = slides.ready()
+    first = next(stream)  # good2 is being prepared meanwhile, and waits for the release below
+    assert first.slide_id == "good1" and second_started.wait(timeout=30) and "good2" not in slides.prepared
+    release.set()
+    assert [slide.slide_id for slide in stream] == ["good2"] and "not a readable TIFF" in slides.failed["notatiff"]
+    assert list(slides.prepared) == ["good1", "good2"] and set(slides.truth) == {"good1", "good2"}
+    assert [slide.slide_id for slide in slides.slides] == ["good1", "good2"]  # a second pass prepares nothing again
+    assert sorted(started) == ["good1", "good2"]  # each prepared once (notatiff fails before)
 
 
 def test_evaluation_reads_solution_for_test_and_train_csv_for_train(tmp_path):

@@ -22,13 +22,14 @@ from skimage.transform import resize
 
 from conftest import disc_slide, write_slide
 from scripts.annotations import PolygonTracer, rasterize, read_annotations
-from scripts.datasets import SlideRegionDataset
+from scripts.datasets import SlideRegionDataset, StreamedItems
 from scripts.outputs import RunOutputs
 from scripts.prepare import prepare_slide
 from scripts.rle import rle_decode, rle_encode
 from scripts.scale import SlideScale, working_resolution
 from scripts.slides import inspect_slide, read_thumbnail
 from scripts.stitching import SlideStitchers, TissueWindows
+from scripts.workflow import SlideSet
 from scripts.wsi_inference import SlidePredictionWriter, finished_slides
 
 DISCS = ((260, 300, 90), (600, 700, 70), (700, 300, 100))
@@ -57,21 +58,27 @@ def slides(tmp_path):
     return prepared, mask, image
 
 
-def run_inference(slides, output_dir, roi=128, overlap=0.25, blend="gaussian", done=(), **writer_args):
-    windows = TissueWindows(slides, roi, overlap, blend, skip=done)
-    data = windows.datalist
-    dataset = SlideRegionDataset(data, transform=ScaleIntensityRanged("image", 0, 255, 0.0, 1.0))
-    writer = SlidePredictionWriter(str(output_dir), slides, windows, **writer_args)
+def run_inference(slides, output_dir, roi=128, overlap=0.25, blend="gaussian", done=(), save_heatmap=False, **fields):
+    """Segment prepared slides as inference.yaml does: the windows streamed through the DataLoader's sampler.
+
+    Returns:
+        The window items the readers were given, and the writer.
+    """
+    slide_set = SlideSet(prepared={slide.slide_id: slide for slide in slides}, **fields)
+    windows, items = TissueWindows([], roi, overlap, blend, skip=done), []
+    dataset = SlideRegionDataset(StreamedItems(), transform=ScaleIntensityRanged("image", 0, 255, 0.0, 1.0))
+    sampler = (items.append(item) or item for item in windows.stream(slide_set.ready()))
+    writer = SlidePredictionWriter(str(output_dir), slide_set, windows, save_heatmap=save_heatmap)
     evaluator = SupervisedEvaluator(
         device=torch.device("cpu"),
-        val_data_loader=DataLoader(dataset, batch_size=3),
+        val_data_loader=DataLoader(dataset, batch_size=3, sampler=sampler),
         network=PurpleDetector(),
         inferer=SimpleInferer(),
         postprocessing=Compose([Activationsd("pred", sigmoid=True)]),
         val_handlers=[writer],
     )
-    evaluator.run() if len(dataset) else writer.finish()
-    return data, writer
+    evaluator.run()
+    return items, writer
 
 
 def test_every_output_agrees_with_the_truth_and_with_each_other(slides, tmp_path):
@@ -142,8 +149,9 @@ def test_done_slides_are_skipped_and_their_results_reused(slides, tmp_path):
     out = tmp_path / "out"
     run_inference(prepared, out)
     first = (out / "masks" / "s1.tiff").stat().st_mtime_ns
-    done = finished_slides(str(out), prepared)
-    assert done == {"s1", "empty"} and finished_slides(str(out), prepared, overwrite=True) == set()
+    ids = [slide.slide_id for slide in prepared]
+    done = finished_slides(str(out), ids)
+    assert done == {"s1", "empty"} and finished_slides(str(out), ids, overwrite=True) == set()
     data, _ = run_inference(prepared, out, done=done, truth={"s1": rle_encode(mask), "empty": ""})
     assert data == [] and (out / "masks" / "s1.tiff").stat().st_mtime_ns == first
     assert json.loads((out / "summaries" / "s1.json").read_text())["dice"] > 0.97  # scored from the saved RLE
@@ -191,6 +199,32 @@ def test_a_slide_is_written_while_the_next_slides_windows_are_stitched(slides, t
     assert write_slide_calls == [True] and not writer.failed
     masks = [tifffile.imread(tmp_path / "out" / "masks" / f"{name}.tiff", level=0) for name in ("s1", "s2")]
     np.testing.assert_array_equal(masks[0], masks[1])  # the same image gives the same prediction
+
+
+def test_the_next_slide_is_prepared_while_the_first_slides_windows_run(slides, tmp_path, monkeypatch):
+    """inference.yaml's stream: s2's preparation waits for s1's first stitched window (preparing every
+    slide before the first window would wait for ever), and s2 still gets the results of its image."""
+    prepared, _, image = slides
+    path, first_window = write_slide(tmp_path / "s2.tiff", image), threading.Event()
+    add_window = SlideStitchers.add
+
+    def add_and_signal(self, meta, probability):
+        if meta["slide_id"] == "s1":
+            first_window.set()
+        return add_window(self, meta, probability)
+
+    def prepare(slide_id):
+        if slide_id == "s1":
+            return prepared[0]
+        assert first_window.wait(timeout=30), "s2 was to be prepared before s1's windows ran"
+        return prepare_slide("s2", path, tmp_path / "cache", 2, scale=SCALE)
+
+    monkeypatch.setattr(SlideStitchers, "add", add_and_signal)
+    items, writer = run_inference([], tmp_path / "out", ids=["s1", "s2"], prepare=prepare)
+    assert [item["slide_id"] for item in items] == sorted(item["slide_id"] for item in items) and not writer.failed
+    masks = [tifffile.imread(tmp_path / "out" / "masks" / f"{name}.tiff", level=0) for name in ("s1", "s2")]
+    np.testing.assert_array_equal(masks[0], masks[1])
+    assert (tmp_path / "out" / "submission.csv").read_text().startswith("id,predicted\ns1,")
 
 
 def test_a_band_step_that_fails_fails_its_slide_only(slides, tmp_path, monkeypatch):

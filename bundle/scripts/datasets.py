@@ -3,7 +3,7 @@ training patches whose centres are drawn afresh on every visit.
 
 Both read through MONAI's ``PatchWSIDataset`` and ``WSIReader`` with the cuCIM backend, at the
 pyramid level of the working resolution. Datalist items come from :mod:`scripts.sampling` and
-:mod:`scripts.wsi_inference`: MONAI's ``location`` (level-0 ``(row, col)`` of the top-left pixel),
+:mod:`scripts.stitching`: MONAI's ``location`` (level-0 ``(row, col)`` of the top-left pixel),
 ``size`` (at the working level) and ``level`` (the working level).
 """
 
@@ -35,9 +35,26 @@ from .keys import (
 )
 from .prepare import working_shape
 from .regions import SAMPLING_CLASSES
+from .slides import CUCIM_READ_LOCK
 from .store import read_regions
 
-__all__ = ["ImportancePatchDataset", "SlideRegionDataset"]
+__all__ = ["ImportancePatchDataset", "SlideRegionDataset", "StreamedItems"]
+
+
+class StreamedItems:
+    """The ``data`` of a dataset whose DataLoader's sampler yields the items themselves: indexing it
+    by an item gives the item.
+
+    MONAI's datasets index a datalist by position, and a DataLoader's reader processes keep the
+    datalist they started with; the windows of slides still being prepared when the readers start
+    (:meth:`scripts.stitching.TissueWindows.stream`) reach them through the sampler instead.
+    """
+
+    def __getitem__(self, item: dict) -> dict:
+        return item
+
+    def __len__(self) -> int:
+        raise TypeError("a stream of items has no length")
 
 
 class SlideRegionDataset(PatchWSIDataset):
@@ -50,7 +67,8 @@ class SlideRegionDataset(PatchWSIDataset):
 
     Args:
         data: datalist items with ``image``, ``location``, ``size``, ``level`` and
-            the keys in :data:`scripts.keys.WINDOW_META_KEYS` (copied into the image metadata for later transforms).
+            the keys in :data:`scripts.keys.WINDOW_META_KEYS` (copied into the image metadata for later
+            transforms), or :class:`StreamedItems` when the DataLoader's sampler yields the items.
         transform: transforms applied to ``{"image": MetaTensor}``.
         additional_meta_keys: further item keys to copy into the metadata.
         reader: WSIReader backend.
@@ -58,7 +76,7 @@ class SlideRegionDataset(PatchWSIDataset):
 
     def __init__(
         self,
-        data: Sequence[dict],
+        data: Sequence[dict] | StreamedItems,
         transform: Callable | None = None,
         additional_meta_keys: Sequence[str] = (),
         reader: str = "cuCIM",
@@ -97,7 +115,9 @@ class SlideRegionDataset(PatchWSIDataset):
         error = None
         for _ in range(2):
             try:
-                image, metadata = super()._get_data(sample)
+                # a DataLoader without reader processes reads here while slides are prepared in threads
+                with CUCIM_READ_LOCK:
+                    image, metadata = super()._get_data(sample)
                 return image, {**metadata, READ_ERROR: ""}
             except Exception as caught:  # cuCIM raises RuntimeError, MONAI ValueError; all mean the same here
                 error = caught

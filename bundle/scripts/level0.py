@@ -1,7 +1,8 @@
 """A slide's level-0 mask, built while its working-resolution probabilities are still arriving.
 
 Each time rows of a slide's probabilities become final, the rows of the level-0 mask that depend
-on them only are made (bilinear upsampling, then the threshold). Only blocks around pixels above
+on them only are made (bilinear upsampling, then the threshold, in torch on the device the rows
+were blended on). Only blocks around pixels above
 the threshold are made at all (bilinear values never exceed their neighbours'), a small part of a
 slide. Their runs go straight into the Kaggle RLE (column-major, joined across bands when the
 slide is complete) and the blocks are held for the reader of :meth:`Level0Mask.read_rows` (the
@@ -21,10 +22,10 @@ import torch.nn.functional as F
 from .metrics import DiceCounts
 from .prepare import working_shape
 from .pyramid import pool_mask
-from .resample import bilinear_block, level0_start
+from .resample import bilinear_neighbours, level0_start
 from .rle import BlockRunEncoder, decode_columns, parse_rle, runs_to_rle
 
-__all__ = ["Level0Mask", "Level0Result", "upsample_threshold"]
+__all__ = ["Level0Mask", "Level0Result", "bilinear_block", "upsample_threshold"]
 
 HELD_ROWS = 1024  # level-0 rows made but not yet read at which making rows waits (the TIFF reads 512 at a time)
 COLUMNS = 1024  # level-0 columns per step when a truth is decoded for the preview
@@ -32,7 +33,7 @@ GROUP_GAP = 32  # working columns of glass between two groups of columns that ar
 
 
 def upsample_threshold(
-    source: np.ndarray, rows: slice, scale: float, threshold: float, origin: int = 0
+    source: torch.Tensor | np.ndarray, rows: slice, scale: float, threshold: float, origin: int = 0
 ) -> list[tuple[np.ndarray, int, int]]:
     """Level-0 mask of some rows of a block of working-resolution probabilities, where it can be set.
 
@@ -40,7 +41,8 @@ def upsample_threshold(
     whole slide, provided ``source`` holds one row of context above and below ``rows`` (unless
     they are the slide's first or last row) and the slide's full width; every pixel outside the
     returned blocks is 0. Only the columns near pixels above the threshold are upsampled, in
-    groups (glomeruli far apart in a band do not make the glass between them a block).
+    groups (glomeruli far apart in a band do not make the glass between them a block). The work
+    is torch's on ``source``'s device: from a GPU only the blocks of the mask come to the host.
 
     Args:
         source: ``(h, w)`` ``uint8`` probabilities (0-255).
@@ -54,34 +56,65 @@ def upsample_threshold(
         ``(block, top, left)`` per group: a ``bool`` block of the level-0 mask and its first row
         (counted from the level-0 row of ``rows.start``) and column; none when no pixel can be set.
     """
+    source = torch.as_tensor(source)
     first = max(rows.start - 1, 0)  # a hot context row reaches into the rows next to it
     hot = source[first : rows.stop + 1] > threshold * 255
     whole = float(scale).is_integer()
     row0 = level0_start(origin + rows.start, scale)
     blocks = []
-    for left, right in _column_groups(hot.any(axis=0)):
+    for left, right in _column_groups(hot.any(dim=0).cpu().numpy()):
         # output pixels that can pass the threshold: within one source pixel of a hot one
-        hot_rows = np.flatnonzero(hot[:, left:right].any(axis=1)) + first
-        top, bottom = max(hot_rows[0] - 1, rows.start), min(hot_rows[-1] + 2, rows.stop)
+        hot_rows = torch.nonzero(hot[:, left:right].any(dim=1))[[0, -1], 0].tolist()
+        top, bottom = max(hot_rows[0] + first - 1, rows.start), min(hot_rows[1] + first + 2, rows.stop)
         if top >= bottom:
             continue
         # plus one more pixel of context for the interpolation itself
         r0, r1 = max(top - 1, 0), min(bottom + 1, source.shape[0])
         c0, c1 = max(left - 1, 0), min(right + 1, source.shape[1])
-        near = source[r0:r1, c0:c1].astype(np.float32) / 255
+        near = source[r0:r1, c0:c1].float() / 255
         y0, y1 = level0_start(origin + top, scale), level0_start(origin + bottom, scale)
         x0, x1 = level0_start(left, scale), level0_start(right, scale)
         if whole:
             step = int(scale)
-            block = torch.from_numpy(near)
+            block = near
             if step > 1:
                 block = F.interpolate(block[None, None], scale_factor=step, mode="bilinear", align_corners=False)[0, 0]
             dy, dx = y0 - (origin + r0) * step, x0 - c0 * step  # where the kept pixels start in the block
-            kept = block[dy : dy + y1 - y0, dx : dx + x1 - x0].numpy()
+            kept = block[dy : dy + y1 - y0, dx : dx + x1 - x0]
         else:
             kept = bilinear_block(near, (origin + r0, c0), (y0, y1), (x0, x1), scale)
-        blocks.append((kept > threshold, y0 - row0, x0))
+        blocks.append(((kept > threshold).cpu().numpy(), y0 - row0, x0))
     return blocks
+
+
+def bilinear_block(
+    source: torch.Tensor, origin: tuple[int, int], rows: tuple[int, int], cols: tuple[int, int], factor: float
+) -> torch.Tensor:
+    """Level-0 pixels ``rows x cols`` of the bilinear upsampling of a whole slide's probabilities.
+
+    Args:
+        source: float probabilities of a block of working pixels holding every one the requested
+            level-0 pixels depend on: those :func:`level0_start` assigns them to and one more on each
+            side, where the slide has it; a side of the block that stops short of that is the slide's edge.
+        origin: the working ``(row, column)`` of ``source[0, 0]``.
+        rows: level-0 rows ``[start, stop)``.
+        cols: level-0 columns ``[start, stop)``.
+        factor: level-0 pixels per working pixel.
+
+    Returns:
+        The ``float32`` block on ``source``'s device: the same pixels as
+        ``F.interpolate(slide, scale_factor=factor, mode="bilinear")`` of the whole slide.
+    """
+
+    def on_device(values: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(values).to(source.device)
+
+    top, bottom, row_weight = map(on_device, bilinear_neighbours(*rows, factor, origin[0] + source.shape[0]))
+    left, right, col_weight = map(on_device, bilinear_neighbours(*cols, factor, origin[1] + source.shape[1]))
+    top, bottom, left, right = top - origin[0], bottom - origin[0], left - origin[1], right - origin[1]
+    # rows first, then columns: each output pixel mixes four neighbours with separable weights
+    mixed = source[top] * (1 - row_weight)[:, None] + source[bottom] * row_weight[:, None]
+    return mixed[:, left] * (1 - col_weight) + mixed[:, right] * col_weight
 
 
 def _column_groups(hot_columns: np.ndarray, gap: int = GROUP_GAP) -> list[tuple[int, int]]:
@@ -179,16 +212,17 @@ class Level0Mask:
         self._rows = _HeldRows(shape)
         self._received = 0  # working rows given to extend()
         self._working_done = 0  # working rows already turned into level-0 rows
-        self._context = np.zeros((0, working_width), np.uint8)  # working rows [max(done - 1, 0), received)
+        self._context = torch.zeros((0, working_width), dtype=torch.uint8)  # working rows [max(done - 1, 0), received)
 
-    def extend(self, band: np.ndarray) -> None:
+    def extend(self, band: torch.Tensor | np.ndarray) -> None:
         """Take the next final working rows and make the level-0 rows they decide.
 
         Args:
             band: ``uint8`` probabilities (0-255) of the working rows after those already given,
-                the slide's full width.
+                the slide's full width; a tensor stays on its device (:func:`upsample_threshold`).
         """
-        source = np.concatenate([self._context, band]) if len(self._context) else band
+        band = torch.as_tensor(band)
+        source = torch.cat([self._context, band]) if len(self._context) else band
         first = max(self._working_done - 1, 0)  # the working row that source[0] holds
         self._received += len(band)
         # the last row received is context for the row below it, unless it is the slide's last row

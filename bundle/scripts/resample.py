@@ -18,7 +18,7 @@ from collections.abc import Callable
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["bilinear_block", "label_band_reader", "level0_start", "reduced_shape", "resampled_band_reader"]
+__all__ = ["bilinear_neighbours", "label_band_reader", "level0_start", "reduced_shape", "resampled_band_reader"]
 
 BandReader = Callable[[int, int], np.ndarray]
 COLUMNS = 4096  # working columns resampled at a time (bounds the floating-point copy of a band)
@@ -40,39 +40,13 @@ def level0_start(row: int, factor: float) -> int:
     return math.ceil(row * factor - 0.5)
 
 
-def _neighbours(start: int, stop: int, factor: float, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def bilinear_neighbours(start: int, stop: int, factor: float, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Source indices on either side of output pixels ``[start, stop)`` of a bilinear upsampling by
     ``factor`` over ``size`` source pixels, and the weight of the second (as torch computes them)."""
     position = np.maximum((np.arange(start, stop) + 0.5) / factor - 0.5, 0.0)
     first = np.minimum(position.astype(np.int64), size - 1)
     second = np.minimum(first + 1, size - 1)
     return first, second, (position - first).astype(np.float32)
-
-
-def bilinear_block(
-    source: np.ndarray, origin: tuple[int, int], rows: tuple[int, int], cols: tuple[int, int], factor: float
-) -> np.ndarray:
-    """Level-0 pixels ``rows x cols`` of the bilinear upsampling of a whole slide's probabilities.
-
-    Args:
-        source: float probabilities of a block of working pixels holding every one the requested
-            level-0 pixels depend on: those :func:`level0_start` assigns them to and one more on each
-            side, where the slide has it; a side of the block that stops short of that is the slide's edge.
-        origin: the working ``(row, column)`` of ``source[0, 0]``.
-        rows: level-0 rows ``[start, stop)``.
-        cols: level-0 columns ``[start, stop)``.
-        factor: level-0 pixels per working pixel.
-
-    Returns:
-        The ``float32`` block: the same pixels as ``F.interpolate(slide, scale_factor=factor, mode="bilinear")``
-        of the whole slide.
-    """
-    top, bottom, row_weight = _neighbours(*rows, factor, origin[0] + source.shape[0])
-    left, right, col_weight = _neighbours(*cols, factor, origin[1] + source.shape[1])
-    top, bottom, left, right = top - origin[0], bottom - origin[0], left - origin[1], right - origin[1]
-    # rows first, then columns: each output pixel mixes four neighbours with separable weights
-    mixed = source[top] * (1 - row_weight)[:, None] + source[bottom] * row_weight[:, None]
-    return mixed[:, left] * (1 - col_weight) + mixed[:, right] * col_weight
 
 
 def resampled_band_reader(

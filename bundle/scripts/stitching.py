@@ -5,7 +5,7 @@ are weighted (a Gaussian, or a box that keeps only the window's centre) and adde
 few window-heights of rows; rows that no later window can reach are normalised and handed on, so
 memory grows with the window size and the slide width, never with the slide. The blending is torch
 code on the device the probabilities come from: on a GPU the windows never leave it, only their
-blended bands do.
+blended bands do (as ``uint8``; the level-0 mask is made from them there too, :mod:`scripts.level0`).
 """
 
 from __future__ import annotations
@@ -117,11 +117,15 @@ def slide_windows(store: str, shape: tuple[int, int], downscale: int, roi: int, 
 
 
 class TissueWindows:
-    """The windows of a run's slides, computed once: the datalist that the dataset reads and the grid
-    that the stitchers blend each slide's windows into (with the blend weights) are the same grid.
+    """The windows of a run's slides, computed once per slide: the items that the dataset reads and
+    the grid that the stitchers blend each slide's windows into (with the blend weights) are the same grid.
+
+    Slides are given up front (``slides``: :attr:`datalist` lists their windows) or as they are
+    prepared (:meth:`stream`, the DataLoader's sampler of a run that segments one slide while the
+    next ones are prepared).
 
     Args:
-        slides: prepared slides.
+        slides: prepared slides known now.
         roi: window side at the working resolution.
         overlap: fraction of a window shared with its neighbour.
         blend: how overlapping windows are blended (:func:`blend_weights`).
@@ -136,24 +140,49 @@ class TissueWindows:
         blend: str = "gaussian",
         skip: Iterable[str] = (),
     ) -> None:
-        self.roi = roi
+        self.roi, self.overlap = roi, overlap
         self.weights = blend_weights(roi, blend, overlap)
-        skip = set(skip)
-        self.slides = {slide.slide_id: slide for slide in slides if slide.slide_id not in skip}
-        self.grids = {
-            slide_id: slide_windows(slide.store, slide.working_shape, slide.downscale, roi, overlap)
-            for slide_id, slide in self.slides.items()
-        }
+        self.skip = set(skip)
+        self.slides: dict[str, PreparedSlide] = {}
+        self.grids: dict[str, SlideWindows] = {}
+        for slide in slides:
+            self._add(slide)
+
+    def __len__(self) -> int:
+        """Windows to run in the slides known so far."""
+        return sum(len(grid.run) for grid in self.grids.values())
 
     @property
     def datalist(self) -> list[dict]:
-        """Items for :class:`scripts.datasets.SlideRegionDataset`: the slide's fields (``level`` is the
-        working level), the window's ``location`` (level 0) and ``size``, slide after slide, row-major."""
-        return [
-            {**slide.as_dict(), LOCATION: [y * slide.downscale, x * slide.downscale], SIZE: [self.roi, self.roi]}
-            for slide_id, slide in self.slides.items()
-            for y, x in self.grids[slide_id].run
-        ]
+        """Items for :class:`scripts.datasets.SlideRegionDataset` of the slides known so far: the slide's
+        fields (``level`` is the working level), the window's ``location`` (level 0) and ``size``,
+        slide after slide, row-major."""
+        return [item for slide_id in self.slides for item in self._items(slide_id)]
+
+    def stream(self, slides: Iterable[PreparedSlide]) -> Iterator[dict]:
+        """The items of each slide as it comes (a slide to skip adds none); for a DataLoader's sampler,
+        with a dataset that reads the item it is given (:class:`scripts.datasets.StreamedItems`).
+
+        Args:
+            slides: prepared slides, each yielded once it is prepared (:meth:`scripts.workflow.SlideSet.ready`).
+        """
+        for slide in slides:
+            if self._add(slide):
+                yield from self._items(slide.slide_id)
+
+    def _add(self, slide: PreparedSlide) -> bool:
+        """Know a slide and its grid (before any of its windows reaches a stitcher); False for one to skip."""
+        if slide.slide_id in self.skip:
+            return False
+        grid = slide_windows(slide.store, slide.working_shape, slide.downscale, self.roi, self.overlap)
+        self.grids[slide.slide_id] = grid
+        self.slides[slide.slide_id] = slide
+        return True
+
+    def _items(self, slide_id: str) -> Iterator[dict]:
+        slide = self.slides[slide_id]
+        for y, x in self.grids[slide_id].run:
+            yield {**slide.as_dict(), LOCATION: [y * slide.downscale, x * slide.downscale], SIZE: [self.roi, self.roi]}
 
 
 class BandStitcher:

@@ -7,7 +7,8 @@ a slide that cannot be used is reported and left out rather than stopping the ot
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,24 +44,79 @@ PREPARE_WORKERS = 4  # slides prepared at the same time
 
 @dataclass
 class SlideSet:
-    """The slides of a run.
+    """The slides of a run, prepared up front or (inference, evaluation) as a stream.
+
+    A streamed set starts preparing its slides at the first :meth:`ready` call, ``PREPARE_WORKERS``
+    at a time, and hands each on in listing order as soon as it is prepared, so a run segments one
+    slide while the next ones are prepared. The first call comes from the DataLoader's sampler
+    (:meth:`scripts.stitching.TissueWindows.stream`), after its reader processes have started: they
+    are forked before any preparing thread exists.
 
     Attributes:
-        prepared: ``{id: PreparedSlide}`` of this process, in listing order.
+        prepared: ``{id: PreparedSlide}`` of this process, in listing order (as far as prepared).
         failed: ``{id: reason}`` for listed slides that could not be used.
-        truth: ``{id: rle}`` when the slides are labelled.
+        truth: ``{id: rle}`` when the slides are labelled (a slide that fails to prepare leaves it).
         listed: every usable id of the run in listing order (all ranks under ``torchrun``).
+        ids: this process's slides in listing order; default the prepared ones (and ``listed``'s default).
+        prepare: makes the slide of an id (raising :class:`scripts.errors.InputError` for one that
+            cannot be used), or None when every slide is already prepared or failed.
     """
 
     prepared: dict[str, PreparedSlide] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     truth: dict[str, str] | None = None
     listed: list[str] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    prepare: Callable[[str], PreparedSlide] | None = None
+    _pending: dict[str, Future] | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.ids = self.ids or list(self.prepared)
+        self.listed = self.listed or list(self.ids)
+
+    def ready(self) -> Iterator[PreparedSlide]:
+        """This process's slides in listing order, each once it is prepared (a slide that cannot be
+        used moves to :attr:`failed` and is passed over); starts the preparation on the first call."""
+        self._start()
+        for slide_id in self.ids:
+            if slide_id in self._pending:
+                self._settle(slide_id)
+            if slide_id in self.prepared:
+                yield self.prepared[slide_id]
+
+    def wait(self) -> None:
+        """Prepare every slide of this process now (those that cannot be used move to :attr:`failed`)."""
+        for _ in self.ready():
+            pass
 
     @property
     def slides(self) -> list[PreparedSlide]:
-        """The prepared slides as a list."""
-        return list(self.prepared.values())
+        """Every prepared slide of this process as a list (waiting for their preparation)."""
+        return list(self.ready())
+
+    def _start(self) -> None:
+        if self._pending is not None:
+            return
+        todo = [key for key in self.ids if key not in self.prepared and key not in self.failed]
+        if self.prepare is None or not todo:
+            self._pending = {}
+            return
+        # several slides at once: each waits mostly on its cuCIM probe (a child process) and on native code
+        import_cucim_in_background()
+        pool = ThreadPoolExecutor(min(PREPARE_WORKERS, len(todo)), thread_name_prefix="prepare")
+        self._pending = {slide_id: pool.submit(self.prepare, slide_id) for slide_id in todo}
+        pool.shutdown(wait=False)  # the queued slides are still prepared; the threads end after the last
+
+    def _settle(self, slide_id: str) -> None:
+        """Wait for one slide's preparation and file it as prepared or failed."""
+        future = self._pending.pop(slide_id)
+        try:
+            # the writer's thread looks a slide up once its windows arrive, which is after this insertion
+            self.prepared[slide_id] = future.result()
+        except InputError as error:
+            self.failed[slide_id] = str(error)
+            if self.truth is not None:
+                self.truth.pop(slide_id, None)
 
 
 def open_dataset(dataset_dir: str, demo_dir: str) -> HubmapFolder:
@@ -83,11 +139,12 @@ def _prepare_all(
     *,
     labelled: bool,
     share: bool = False,
+    stream: bool = False,
     working_mpp: float | None = None,
     slide_mpp: float | None = None,
 ) -> SlideSet:
     """Prepare every listed slide (this rank's share of them when ``share``), ``PREPARE_WORKERS``
-    at a time, keeping going past the ones that fail.
+    at a time, keeping going past the ones that fail; now, or as the run asks for them (``stream``).
 
     Each slide's scale is read (``slide_mpp``, else its CSV row's ``mpp``, else its file) and
     recorded; with ``working_mpp`` it sets how the slide reaches that scale (:func:`scripts.scale.working_resolution`).
@@ -101,10 +158,10 @@ def _prepare_all(
         tissue: tissue-mask settings.
         labelled: whether the slides are labelled (their RLE becomes :attr:`SlideSet.truth`).
         share: prepare only this rank's share.
+        stream: return at once; the slides are prepared from the first :meth:`SlideSet.ready` call on.
         working_mpp: the model's microns per working pixel, or None to work at ``downscale``.
         slide_mpp: microns per level-0 pixel of every slide, overriding what CSV and files state.
     """
-    result = SlideSet(truth={} if labelled else None, listed=list(listed))
     ids = rank_share(list(listed)) if share else list(listed)
 
     def prepare(slide_id: str) -> PreparedSlide:
@@ -134,20 +191,12 @@ def _prepare_all(
             resolution.resample,
         )
 
-    # several slides at once: each waits mostly on its cuCIM probe (a child process) and on native code
-    import_cucim_in_background()
-    with ThreadPoolExecutor(max(min(PREPARE_WORKERS, len(ids)), 1), thread_name_prefix="prepare") as pool:
-        futures = {slide_id: pool.submit(prepare, slide_id) for slide_id in ids}
-    for slide_id, future in futures.items():
-        try:
-            result.prepared[slide_id] = future.result()
-        except InputError as error:
-            result.failed[slide_id] = str(error)
-            continue
-        if labelled and listed[slide_id][1] is not None:
-            result.truth[slide_id] = listed[slide_id][1]
+    truth = {key: listed[key][1] for key in ids if listed[key][1] is not None} if labelled else None
+    result = SlideSet(truth=truth, listed=list(listed), ids=ids, prepare=prepare)
     result.failed.update(folder.problems)
     result.listed += [key for key in folder.problems if is_safe_id(key) and key not in result.listed]
+    if not stream:
+        result.wait()
     return result
 
 
@@ -263,8 +312,8 @@ def inference_slides(
     working_mpp: float | None = None,
     slide_mpp: float | None = None,
 ) -> SlideSet:
-    """Prepare the slides to segment (``sample_submission.csv``, else ``test/*.tiff``); the
-    arguments as :func:`training_slides` takes them."""
+    """The slides to segment (``sample_submission.csv``, else ``test/*.tiff``), prepared as the run
+    asks for them (:meth:`SlideSet.ready`); the arguments as :func:`training_slides` takes them."""
     folder = open_dataset(dataset_dir, demo_dir)
     listed = {slide_id: (image, None) for slide_id, image in folder.test_slides().items()}
     slides = _prepare_all(
@@ -276,6 +325,7 @@ def inference_slides(
         tissue,
         labelled=False,
         share=True,
+        stream=True,
         working_mpp=working_mpp,
         slide_mpp=slide_mpp,
     )
@@ -295,8 +345,8 @@ def evaluation_slides(
     working_mpp: float | None = None,
     slide_mpp: float | None = None,
 ) -> SlideSet:
-    """Prepare labelled slides to score: ``solution.csv`` with ``test/`` or ``train.csv`` with ``train/``;
-    the other arguments as :func:`training_slides` takes them."""
+    """Labelled slides to score: ``solution.csv`` with ``test/`` or ``train.csv`` with ``train/``, prepared
+    as the run asks for them; the other arguments as :func:`training_slides` takes them."""
     if split not in ("test", "train"):
         raise DatasetError(f"eval_split must be 'test' (solution.csv) or 'train' (train.csv), got {split!r}")
     folder = open_dataset(dataset_dir, demo_dir)
@@ -310,6 +360,7 @@ def evaluation_slides(
         tissue,
         labelled=True,
         share=True,
+        stream=True,
         working_mpp=working_mpp,
         slide_mpp=slide_mpp,
     )

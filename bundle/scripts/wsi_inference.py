@@ -2,13 +2,15 @@
 the inference stream that starts threads.
 
 MONAI's DataLoader reads the tissue windows (:class:`scripts.stitching.TissueWindows`) through
-cuCIM in worker processes while the network runs on the previous batch.
+cuCIM in worker processes while the network runs on the previous batch; its sampler hands them
+each slide's windows once the slide is prepared, while the later slides are still being prepared
+(:meth:`scripts.workflow.SlideSet.ready`), so a folder of slides is one stream.
 :class:`SlidePredictionWriter`, in a thread of its own, blends each window into its slide band by
 band (:mod:`scripts.stitching`); each band of rows that becomes final then goes through three
 steps, each in a thread of its own (so they overlap one another and the stitching): the
 probabilities go into a chunked zarr array at the working resolution (bands aligned to its chunks,
-so each chunk is written once), the next rows of the slide's level-0 mask are made
-(:mod:`scripts.level0`; another thread writes them into the mask TIFF as they come), and the
+so each chunk is written once), the next rows of the slide's level-0 mask are made on the
+blending device (:mod:`scripts.level0`; another thread writes them into the mask TIFF as they come), and the
 glomeruli of the rows of tiles they complete are traced (:class:`scripts.annotations.PolygonTracer`).
 After the slide's last window another thread joins the RLE, scores it, and writes the slide's
 files while the next slide's windows are stitched. Nothing ever holds a whole slide at level 0.
@@ -50,6 +52,7 @@ from .scale import SlideScale
 from .slides import read_thumbnail
 from .stitching import SlideStitchers, TissueWindows
 from .store import read_scale, read_tissue
+from .workflow import SlideSet
 
 __all__ = ["ConfidenceCounts", "SlidePredictionWriter", "finished_slides"]
 
@@ -62,12 +65,12 @@ PENDING_BAND_STEPS = 8  # a slide's band steps queued or running at most (each h
 UNCERTAIN = (0.2, 0.8)  # probabilities counted as undecided in a slide's confidence
 
 
-def finished_slides(output_dir: str, slides: Sequence[PreparedSlide], overwrite: bool = False) -> set[str]:
+def finished_slides(output_dir: str, slide_ids: Sequence[str], overwrite: bool = False) -> set[str]:
     """Ids of slides whose results are already complete in ``output_dir`` (none when overwriting)."""
     if overwrite:
         return set()
     outputs = RunOutputs(output_dir)
-    return {slide.slide_id for slide in slides if outputs.is_complete(slide.slide_id)}
+    return {slide_id for slide_id in slide_ids if outputs.is_complete(slide_id)}
 
 
 @dataclass
@@ -125,13 +128,12 @@ class SlidePredictionWriter:
 
     Args:
         output_dir: where results go (:class:`scripts.outputs.RunOutputs`).
-        slides: this process's slides; those without a tissue window get an empty prediction, and
-            those ``windows`` leaves out are complete from an earlier run (their results are reused).
+        slides: the run's slides (this process's, possibly still being prepared: each is looked up
+            when its first window arrives); those without a tissue window get an empty prediction,
+            those ``windows`` skips are complete from an earlier run (their results are reused), and
+            with a truth every slide is scored.
         windows: the windows the evaluator runs, and how they blend.
         threshold: probability above which a pixel is glomerulus.
-        truth: ``{slide_id: rle}`` to score against, or None.
-        failed: ``{slide_id: reason}`` for slides that could not be prepared.
-        listed: every slide id of the run in submission order (all ranks); default ``slides``.
         save_heatmap: also write the probabilities as a pyramidal 8-bit TIFF.
         min_area: polygons (and the glomerulus count) leave out specks smaller than this many
             working pixels; the mask and the RLE keep every pixel.
@@ -140,23 +142,19 @@ class SlidePredictionWriter:
     def __init__(
         self,
         output_dir: str,
-        slides: Sequence[PreparedSlide],
+        slides: SlideSet,
         windows: TissueWindows,
         threshold: float = 0.5,
-        truth: dict[str, str] | None = None,
-        failed: dict[str, str] | None = None,
-        listed: Sequence[str] | None = None,
         save_heatmap: bool = False,
         min_area: float = 500.0,
     ) -> None:
         self.outputs = RunOutputs(output_dir)
-        self.slides = {slide.slide_id: slide for slide in slides}
+        self.slides = slides
         self.stitchers = SlideStitchers(windows, step=BAND)  # whole chunks of the probability store
         self.threshold = threshold
-        self.truth = truth
-        self.failed = dict(failed or {})
-        self.listed = list(listed) if listed is not None else list(self.slides)
-        self.done = set(self.slides) - set(windows.slides)
+        self.truth = slides.truth
+        self.failed: dict[str, str] = {}  # slides that failed while being segmented
+        self.to_skip = windows.skip
         self.save_heatmap = save_heatmap
         self.min_area = min_area
         self._states: dict[str, _SlideState] = {}
@@ -185,7 +183,7 @@ class SlidePredictionWriter:
 
     def start(self, engine: Engine | None = None) -> None:
         """Open the overall progress bar (one step per slide) and start the worker thread."""
-        self._overall = tqdm(total=len(set(self.slides) - self.done), desc="slides", unit="slide")
+        self._overall = tqdm(total=len(set(self.slides.ids) - self.to_skip), desc="slides", unit="slide")
         self._worker = threading.Thread(target=self._drain, name="slide-writer", daemon=True)
         self._worker.start()
 
@@ -219,13 +217,14 @@ class SlidePredictionWriter:
             )
         _, bands, complete = self.stitchers.add(meta, probability)
         for row, band in bands:
-            band = torch.round(band * 255).to(torch.uint8).cpu().numpy()  # as np.rint: halves to even
+            band = torch.round(band * 255).to(torch.uint8)  # as np.rint: halves to even
+            host = band.cpu().numpy()  # the level-0 mask is made on the blending device, the rest on the host
             self._wait_for_bands(state, PENDING_BAND_STEPS)
             store, level0, polygons = self._band_steps
-            state.pending.append(store.submit(self._store_band, state, row, band))
+            state.pending.append(store.submit(self._store_band, state, row, host))
             if not state.error:
                 state.pending.append(level0.submit(state.level0.extend, band))
-                state.pending.append(polygons.submit(state.polygons.add, band > self.threshold * 255))
+                state.pending.append(polygons.submit(state.polygons.add, host > self.threshold * 255))
         if complete:
             self._finisher.submit(self._finish_slide, state)
 
@@ -244,7 +243,7 @@ class SlidePredictionWriter:
 
     def _state(self, slide_id: str) -> _SlideState:
         if slide_id not in self._states:
-            slide = self.slides[slide_id]
+            slide = self.slides.prepared[slide_id]
             probability = zarr.create_array(
                 store=self._work / f"{slide_id}-probability.zarr",
                 shape=slide.working_shape,
@@ -341,13 +340,13 @@ class SlidePredictionWriter:
                 state.level0.abort()
             self._mask_writer.shutdown(wait=True)
             raise self._worker_error
-        for slide_id in self.slides:
-            if slide_id not in self.done | self._finished | set(self.failed):
-                self._finish_empty_slide(self._state(slide_id))
+        for slide in self.slides.ready():  # every slide is prepared or failed by now
+            if slide.slide_id not in self.to_skip | self._finished | set(self.failed):
+                self._finish_empty_slide(self._state(slide.slide_id))
         self._mask_writer.shutdown(wait=True)
         self._overall.close()
         self._score_reused()
-        report_problems(self.failed)
+        report_problems(self._all_failed())
         barrier()
         if is_main_process():
             self._assemble()
@@ -360,27 +359,32 @@ class SlidePredictionWriter:
             state.level0.extend(np.zeros((min(BAND, height - row), width), np.uint8))
         self._finish_slide(state)
 
+    def _all_failed(self) -> dict[str, str]:
+        """``{slide_id: reason}`` of every slide of the run that failed, in preparation or since."""
+        return {**self.slides.failed, **self.failed}
+
     def _score_reused(self) -> None:
         """Dice for slides done by an earlier run, when this run has a truth to score them against."""
-        for slide_id in self.done:
+        for slide_id in self.to_skip & set(self.slides.prepared):
             summary = self.outputs.read_summary(slide_id)
             if self.truth is not None and slide_id in self.truth and "dice" not in summary:
                 rle = self.outputs.read_rle(slide_id)
-                summary["dice"] = round(rle_dice(rle, self.truth[slide_id], self.slides[slide_id].level0_shape), 6)
+                shape = self.slides.prepared[slide_id].level0_shape
+                summary["dice"] = round(rle_dice(rle, self.truth[slide_id], shape), 6)
                 self.outputs.write_summary(slide_id, summary)
 
     def _assemble(self) -> None:
         """``submission.csv`` from every listed slide's RLE file (empty where a slide failed), and metrics."""
-        predictions, dice = {}, {}
-        for slide_id in self.listed:
+        predictions, dice, failed, listed = {}, {}, self._all_failed(), self.slides.listed
+        for slide_id in listed:
             complete = self.outputs.is_complete(slide_id)
             predictions[slide_id] = self.outputs.read_rle(slide_id) if complete else ""
             if complete and "dice" in (fields := self.outputs.read_summary(slide_id)):
                 dice[slide_id] = fields["dice"]
         submission = self.outputs.write_submission(predictions)
-        missing = [s for s in self.listed if not predictions[s] and s in self.failed]
+        missing = [s for s in listed if not predictions[s] and s in failed]
         print(
-            f"segmented {len(self.listed) - len(missing)} of {len(self.listed)} slide(s): {submission}; masks, "
+            f"segmented {len(listed) - len(missing)} of {len(listed)} slide(s): {submission}; masks, "
             f"glomeruli (GeoJSON), previews and summaries in {self.outputs.root}"
         )
         if self.truth is not None:
