@@ -2,12 +2,12 @@
 
 Each time rows of a slide's probabilities become final, the rows of the level-0 mask that depend
 on them only are made (bilinear upsampling, then the threshold, in torch on the device the rows
-were blended on). Only blocks around pixels above
-the threshold are made at all (bilinear values never exceed their neighbours'), a small part of a
-slide. Their runs go straight into the Kaggle RLE (column-major, joined across bands when the
-slide is complete) and the blocks are held for the reader of :meth:`Level0Mask.read_rows` (the
-mask TIFF's writer, which :mod:`scripts.wsi_inference` runs in a thread of its own as rows come);
-making rows waits when that reader falls two tiles behind. The level-0 mask itself is never stored.
+were blended on). Only blocks around pixels above the threshold are made at all (bilinear values
+never exceed their neighbours'), a small part of a slide. Their runs go straight into the Kaggle
+RLE (column-major, joined across bands when the slide is complete) and the blocks are held for the
+reader of :meth:`Level0Mask.read_rows` (the mask TIFF's writer, which :mod:`scripts.wsi_inference`
+runs in a thread of its own as rows come); making rows waits when that reader falls two tiles behind.
+The level-0 mask itself is never stored.
 """
 
 from __future__ import annotations

@@ -9,9 +9,9 @@ each slide's windows once the slide is prepared, while the later slides are stil
 band (:mod:`scripts.stitching`); each band of rows that becomes final then goes through three
 steps, each in a thread of its own (so they overlap one another and the stitching): the
 probabilities go into a chunked zarr array at the working resolution (bands aligned to its chunks,
-so each chunk is written once), the next rows of the slide's level-0 mask are made on the
-blending device (:mod:`scripts.level0`; another thread writes them into the mask TIFF as they come), and the
-glomeruli of the rows of tiles they complete are traced (:class:`scripts.annotations.PolygonTracer`).
+so each chunk is written once), the next rows of the slide's level-0 mask are made on the blending
+device (:mod:`scripts.level0`; another thread writes them into the mask TIFF as they come), and
+the glomeruli of the rows of tiles they complete are traced (:class:`scripts.annotations.PolygonTracer`).
 After the slide's last window another thread joins the RLE, scores it, and writes the slide's
 files while the next slide's windows are stitched. Nothing ever holds a whole slide at level 0.
 Every file is written by :class:`scripts.outputs.RunOutputs`, a slide's summary last (which marks
