@@ -9,6 +9,7 @@ tile-grouped 4-fold cross-validation over the 16 AIDPATH PAS tiles (1024 x 1024,
     python bench/real_tiles.py --override network_def#norm=None  # None (or null) sets null
     python bench/real_tiles.py --members 2 --minutes 7.5  # a 2-network fold ensemble per fold, same compute
     python bench/real_tiles.py --recipe bundle/configs/flexunet_efficientnet.yaml  # another network
+    python bench/real_tiles.py --train-recipe bundle/configs/grid_sampling.yaml     # a training-only recipe
 
 What it measures: for each fold, 12 tiles are the training set and 4 are held out. The bundle is
 trained exactly as a user would (``python -m monai.bundle run training --config_file
@@ -174,12 +175,14 @@ def fold_commands(
     train_overrides: list[str],
     members: int = 1,
     recipes: list[str] | None = None,
+    train_recipes: list[str] | None = None,
 ) -> tuple[list[list[str]], dict[str, list[str]]]:
     """The training and evaluation commands of one fold folder.
 
     ``overrides`` go to every command, ``train_overrides`` (keys that only train.yaml has) to training;
     ``recipes`` (config files such as ``flexunet_efficientnet.yaml``) are merged over train.yaml for
-    training and over inference.yaml + evaluate.yaml for evaluation, so both build the same network.
+    training and over inference.yaml + evaluate.yaml for evaluation, so both build the same network;
+    ``train_recipes`` (such as ``grid_sampling.yaml``, whose keys only train.yaml has) over training only.
     With ``members`` > 1 member ``k`` trains with train.yaml's ``fold`` ``k`` (its own 3 validation
     tiles of the 12) into ``models/fold<k>/``, as ``run training_folds`` would, and the ensemble is
     evaluated from the folder as well as each member alone (paired: the same trainings).
@@ -189,7 +192,7 @@ def fold_commands(
         evaluation command}``, ``eval`` being the model's (the ensemble's) and ``eval_fold<k>`` member ``k``'s.
     """
     paths = {"dataset_dir": str(root), "cache_dir": str(root / "cache")}
-    recipes = recipes or []
+    recipes, train_recipes = recipes or [], train_recipes or []
     trainings = []
     for member, ckpt_dir in enumerate(member_dirs(root, members)):
         per_member = {} if members == 1 else {"fold": str(member)}
@@ -197,7 +200,7 @@ def fold_commands(
         trainings.append(
             bundle_command(
                 "training",
-                config_files(["bundle/configs/train.yaml"], recipes),
+                config_files(["bundle/configs/train.yaml"], recipes + train_recipes),
                 {
                     **paths,
                     **per_member,
@@ -238,13 +241,14 @@ def run_fold(
     train_overrides: list[str],
     members: int = 1,
     recipes: list[str] | None = None,
+    train_recipes: list[str] | None = None,
 ) -> dict:
     """Train and evaluate on one fold folder (see :func:`fold_commands`); the fold's record for results.json.
 
     ``dice`` is the model's (with ``members`` > 1 the ensemble's), ``member_dice`` each member's alone.
     """
     record: dict = {"train_minutes": None, "eval_minutes": None, "dice": {}, "error": None}
-    trainings, evaluations = fold_commands(root, minutes, overrides, train_overrides, members, recipes)
+    trainings, evaluations = fold_commands(root, minutes, overrides, train_overrides, members, recipes, train_recipes)
     record["train_minutes"] = 0.0
     for member, (train, ckpt_dir) in enumerate(zip(trainings, member_dirs(root, members), strict=True)):
         log = root / ("train.log" if members == 1 else f"train_fold{member}.log")
@@ -308,6 +312,14 @@ def main() -> None:
         help="config file merged over train.yaml and inference.yaml, e.g. "
         "bundle/configs/flexunet_efficientnet.yaml (repeatable)",
     )
+    parser.add_argument(
+        "--train-recipe",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="config file merged over train.yaml only, after the recipes, e.g. "
+        "bundle/configs/grid_sampling.yaml (repeatable)",
+    )
     args = parser.parse_args()
 
     data = Path(args.data)
@@ -319,7 +331,7 @@ def main() -> None:
         sys.exit(f"--members must be among 1..{NUM_FOLDS} (one per fold of train.yaml's split), got {args.members}")
     if bad := [o for o in args.override + args.train_override if "=" not in o or not o.partition("=")[0]]:
         sys.exit(f"--override and --train-override take KEY=VALUE, got {bad}")
-    if missing := [recipe for recipe in args.recipe if not (REPO / recipe).is_file()]:
+    if missing := [recipe for recipe in args.recipe + args.train_recipe if not (REPO / recipe).is_file()]:
         sys.exit(f"--recipe: {', '.join(missing)} not found (a path relative to the repository root)")
     tiles = read_tiles(data)
     if len(tiles) < NUM_FOLDS:
@@ -334,6 +346,7 @@ def main() -> None:
     print(
         f"training budget {args.minutes:g} min per network, {args.members} network(s) per fold; "
         f"recipes: {' '.join(args.recipe) or 'none'}; "
+        f"training-only recipes: {' '.join(args.train_recipe) or 'none'}; "
         f"overrides: {' '.join(args.override) or 'none'}; "
         f"training-only overrides: {' '.join(args.train_override) or 'none'}; "
         f"work folder {work}",
@@ -346,6 +359,7 @@ def main() -> None:
         "overrides": args.override,
         "train_overrides": args.train_override,
         "recipes": args.recipe,
+        "train_recipes": args.train_recipe,
         "seed": args.seed,
         "members": args.members,
         "glomeruli": counts,
@@ -360,7 +374,9 @@ def main() -> None:
             f"{args.members} x {args.minutes:g} min ...",
             flush=True,
         )
-        record = run_fold(root, args.minutes, args.override, args.train_override, args.members, args.recipe)
+        record = run_fold(
+            root, args.minutes, args.override, args.train_override, args.members, args.recipe, args.train_recipe
+        )
         record["held_out"] = folds[fold]
         results["folds"][fold] = record
         summary = (

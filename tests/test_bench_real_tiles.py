@@ -76,6 +76,18 @@ def test_a_recipe_is_merged_over_training_and_evaluation_so_both_build_its_netwo
     assert ast.literal_eval(options(plain[5:])["config_file"]) == ["bundle/configs/train.yaml"]
 
 
+def test_a_training_only_recipe_is_merged_over_training_alone(tmp_path):
+    """grid_sampling.yaml sets train#datalist, which inference.yaml lacks: merged there, evaluation would fail."""
+    recipe, grid = "bundle/configs/flexunet_resnext.yaml", "bundle/configs/grid_sampling.yaml"
+    (train,), evaluations = fold_commands(tmp_path, 15, [], [], recipes=[recipe], train_recipes=[grid])
+    assert ast.literal_eval(options(train[5:])["config_file"]) == ["bundle/configs/train.yaml", recipe, grid]
+    evaluated = ast.literal_eval(options(evaluations["eval"][5:])["config_file"])
+    assert evaluated == ["bundle/configs/inference.yaml", "bundle/configs/evaluate.yaml", recipe]
+    parser = ConfigParser()
+    parser.read_config([REPO / name for name in evaluated])
+    assert parser["network_def"]["_target_"] == "FlexibleUNet"
+
+
 @pytest.mark.slow
 def test_the_bundle_cli_ignores_none_and_applies_the_null_expression(tmp_path):
     """Why the benchmark rewrites None: MONAI's CLI drops it, so the config's value would stand."""
