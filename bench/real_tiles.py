@@ -332,7 +332,7 @@ def main() -> None:
     if bad := [o for o in args.override + args.train_override if "=" not in o or not o.partition("=")[0]]:
         sys.exit(f"--override and --train-override take KEY=VALUE, got {bad}")
     if missing := [recipe for recipe in args.recipe + args.train_recipe if not (REPO / recipe).is_file()]:
-        sys.exit(f"--recipe: {', '.join(missing)} not found (a path relative to the repository root)")
+        sys.exit(f"--recipe or --train-recipe: {', '.join(missing)} not found (a path relative to the repository root)")
     tiles = read_tiles(data)
     if len(tiles) < NUM_FOLDS:
         sys.exit(f"{data}: {len(tiles)} tile(s) with masks; at least {NUM_FOLDS} are needed")
