@@ -70,9 +70,9 @@ def test_a_batch_without_glomeruli_passes_unchanged():
     assert torch.equal(image, batch["image"]) and torch.equal(label, batch["label"])
 
 
-@pytest.mark.parametrize("prob", [-0.1, 1.5])
-def test_a_probability_outside_zero_to_one_is_refused(prob):
-    with pytest.raises(ValueError, match="copy_paste_prob"):
+@pytest.mark.parametrize("prob", [-0.1, 1.5, "half", float("nan")])
+def test_a_probability_outside_zero_to_one_is_refused_in_one_line(prob):
+    with pytest.raises(SystemExit, match=r"^error: --copy_paste_prob must be a number from 0 to 1, got "):
         GlomerulusCopyPaste(prob)
 
 

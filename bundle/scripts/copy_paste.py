@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from monai.engines.utils import PrepareBatchDefault
 
+from .errors import InputError, user_errors
+
 __all__ = ["GlomerulusCopyPaste"]
 
 
@@ -34,13 +36,17 @@ class GlomerulusCopyPaste(PrepareBatchDefault):
         threshold: label values above it are glomerulus (labels may be interpolated by augmentation).
 
     Raises:
-        ValueError: ``prob`` outside [0, 1].
+        SystemExit: ``prob`` is not a number from 0 to 1, with one line naming the setting.
     """
 
+    @user_errors
     def __init__(self, prob: float = 0.0, seed: int = 0, threshold: float = 0.5) -> None:
-        if not 0.0 <= float(prob) <= 1.0:
-            raise ValueError(f"copy_paste_prob must be within 0 and 1, got {prob}")
-        self.prob = float(prob)
+        try:
+            self.prob = float(prob)
+        except (TypeError, ValueError):
+            self.prob = float("nan")
+        if not 0.0 <= self.prob <= 1.0:  # also refuses nan
+            raise InputError(f"--copy_paste_prob must be a number from 0 to 1, got {prob!r}")
         self.threshold = threshold
         self.generator = torch.Generator().manual_seed(int(seed))
 
@@ -75,7 +81,7 @@ class GlomerulusCopyPaste(PrepareBatchDefault):
         receives = (torch.rand(count, generator=self.generator) < self.prob).nonzero().flatten()
         pasted_image, pasted_label = image.clone(), label.clone()
         for target in receives.tolist():
-            donor = int(self.choose_donor(donors, target))
+            donor = self.choose_donor(donors, target)
             if donor < 0:
                 continue
             shift = [int(torch.randint(side, (1,), generator=self.generator)) for side in image.shape[-2:]]
